@@ -1,0 +1,39 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use. torch is pinned to the CPU wheel for development
+# and CI; GPU users install their own CUDA build of torch before `pip install -e .[gpu]`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+TORCH_PIN := torch==2.13.0
+INSTANCE ?= demo
+DEMO_S ?= 30
+
+.PHONY: venv demo test test-fast bench-ipc install-systemd clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m shm_vla.demo --instance $(INSTANCE) --duration $(DEMO_S)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m 'not slow' tests
+
+bench-ipc: venv
+	$(PY) bench/ipc.py
+
+install-systemd:
+	sh systemd/install.sh
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

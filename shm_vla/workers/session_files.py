@@ -1,0 +1,557 @@
+"""The session directory the recorder writes, in the deployed file formats (docs/SESSION_FILES.md).
+
+``SessionWriter`` streams every file to disk as records arrive, so memory does not grow
+with the session and a crash leaves everything written so far readable; ``close()``
+finalises the files that are assembled from streamed parts (inference_results .json,
+sensor_data .npz, performance_summary .json); ``recover(session_dir)`` does the same
+for a session left by a crash. Library code only: no processes, no shared memory.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from shm_vla.workers.session_stats import ACTION_FIELDS, VL_FIELDS, SessionSummary
+
+SESSION_PREFIX = "async_inference_"
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+DEFAULT_VIEWS = ("View1", "View2", "View3", "View4", "View5")
+ROBOT_CSV_HEADER = (
+    ["recv_timestamp", "origin_timestamp", "send_timestamp", "force_placeholder"]
+    + [f"joint_{i}" for i in range(1, 7)]
+    + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
+)
+# Sensor arrays streamed as raw little-endian rows: name -> dtype (row shape set by the first write).
+SENSOR_ARRAYS = {
+    "timestamps": "<f8",
+    "send_timestamps": "<f8",
+    "forces": "<f4",
+    "alines": "<f4",
+}
+COPY_CHUNK_BYTES = 1 << 20
+TMP_SUFFIX = ".tmp"
+
+
+class SessionClosedError(ValueError):
+    """A write on a SessionWriter that was closed (e.g. by a shutdown signal)."""
+
+
+# --------------------------------------------------------------------------- paths
+@dataclass(frozen=True)
+class SessionPaths:
+    """Every file of one session directory."""
+
+    root: Path
+    stamp: str
+
+    def _file(self, stem: str, suffix: str) -> Path:
+        return self.root / f"{stem}_{self.stamp}{suffix}"
+
+    @property
+    def timings(self) -> Path:
+        return self._file("performance_timings", ".jsonl")
+
+    @property
+    def results_json(self) -> Path:
+        return self._file("inference_results", ".json")
+
+    @property
+    def results_jsonl(self) -> Path:
+        return self._file("inference_results", ".jsonl")
+
+    @property
+    def summary(self) -> Path:
+        return self._file("performance_summary", ".json")
+
+    @property
+    def robot_csv(self) -> Path:
+        return self._file("robot_state", ".csv")
+
+    @property
+    def sensor_npz(self) -> Path:
+        return self._file("sensor_data", ".npz")
+
+    @property
+    def sensor_parts(self) -> Path:
+        """Folder of the raw streamed sensor arrays, assembled into the .npz at close."""
+        return self._file("sensor_data", ".parts")
+
+    @classmethod
+    def of_dir(cls, root: str | os.PathLike) -> "SessionPaths":
+        """Paths of an existing session: the stamp comes from its timings file, else its name."""
+        root = Path(root)
+        found = sorted(root.glob("performance_timings_*.jsonl"))
+        if found:
+            return cls(root, found[0].name[len("performance_timings_"):-len(".jsonl")])
+        if root.name.startswith(SESSION_PREFIX):
+            return cls(root, root.name[len(SESSION_PREFIX):])
+        raise FileNotFoundError(f"{root}: not a session directory (no performance_timings_*.jsonl)")
+
+
+def _create_session_dir(out_dir: Path, stamp: str | None) -> SessionPaths:
+    """Create out_dir/async_inference_<stamp>/; a generated stamp gets _1, _2.. on collision."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if stamp is not None:
+        if "/" in stamp or not stamp:
+            raise ValueError(f"invalid session stamp {stamp!r}")
+        (out_dir / f"{SESSION_PREFIX}{stamp}").mkdir()
+        return SessionPaths(out_dir / f"{SESSION_PREFIX}{stamp}", stamp)
+    base = time.strftime(STAMP_FORMAT, time.localtime())
+    for attempt in range(1000):
+        candidate = base if attempt == 0 else f"{base}_{attempt}"
+        try:
+            (out_dir / f"{SESSION_PREFIX}{candidate}").mkdir()
+        except FileExistsError:
+            continue
+        return SessionPaths(out_dir / f"{SESSION_PREFIX}{candidate}", candidate)
+    raise FileExistsError(f"{out_dir}: 1000 sessions named {SESSION_PREFIX}{base}*")
+
+
+# --------------------------------------------------------------------------- JSON helpers
+def to_jsonable(value: Any) -> Any:
+    """numpy values to Python ones and non-finite floats to null, so the output is strict JSON."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def _ordered(record: dict, fields: tuple) -> dict:
+    """The known fields first in their documented order, then any extra fields as given."""
+    out = {name: record[name] for name in fields if name in record}
+    out.update((k, v) for k, v in record.items() if k not in out)
+    return out
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write obj as JSON to a temp file beside path, fsync, then rename over path."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w") as f:
+        json.dump(to_jsonable(obj), f, indent=2, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_replace(tmp, path)
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """(line number, text, object) of each line of a JSON Lines file that parses; others skipped."""
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                yield line_no, text, json.loads(text)
+            except ValueError:
+                continue
+
+
+def write_results_json(jsonl: Path, final: Path) -> int:
+    """inference_results .json (a JSON list) from its .jsonl, streamed; returns the record count."""
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    count = 0
+    with open(tmp, "w") as out:
+        out.write("[")
+        if jsonl.exists():
+            for _, text, obj in iter_json_lines(jsonl):
+                if isinstance(obj, dict):
+                    out.write(("\n" if count == 0 else ",\n") + text)
+                    count += 1
+        out.write("\n]\n")
+        out.flush()
+        os.fsync(out.fileno())
+    _fsync_replace(tmp, final)
+    return count
+
+
+def trim_partial_line(path: Path) -> bool:
+    """Cut a last line that a crash left without its newline; returns True when cut."""
+    if not path.exists():
+        return False
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        end = size
+        while end > 0:   # walk back block by block to the previous newline
+            start = max(end - COPY_CHUNK_BYTES, 0)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return True
+            end = start
+        f.truncate(0)
+        return True
+
+
+# --------------------------------------------------------------------------- streamed files
+class _LineFile:
+    """An append-only text file flushed to the OS every flush_every writes and on close."""
+
+    def __init__(self, path: Path, flush_every: int, header: str | None = None) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+        self._flush_every = flush_every
+        self._pending = 0
+        self.lines = 0
+        if header is not None and self._file.tell() == 0:
+            self._file.write(header + "\n")
+            self._file.flush()
+
+    def write_line(self, text: str) -> None:
+        self._file.write(text + "\n")
+        self.lines += 1
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+
+class _SensorParts:
+    """Raw row files, one per sensor array, appended in place; assembled into the .npz later.
+
+    A crash can tear the last row of some files; assembly keeps the rows complete in all.
+    """
+
+    MANIFEST = "manifest.json"
+
+    def __init__(self, folder: Path, flush_every: int) -> None:
+        self.folder = folder
+        self._flush_every = flush_every
+        self._pending = 0
+        self._files: dict[str, Any] = {}
+        self._row_shapes: dict[str, tuple] = {}
+        self.rows = 0
+
+    def _open(self, arrays: dict[str, np.ndarray]) -> None:
+        self.folder.mkdir(exist_ok=True)
+        self._row_shapes = {name: tuple(a.shape[1:]) for name, a in arrays.items()}
+        manifest = {name: {"dtype": SENSOR_ARRAYS[name], "row_shape": list(shape)}
+                    for name, shape in self._row_shapes.items()}
+        write_json_atomic(self.folder / self.MANIFEST, manifest)
+        self._files = {name: open(self.folder / f"{name}.bin", "ab") for name in SENSOR_ARRAYS}
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        rows = {len(a) for a in arrays.values()}
+        if len(rows) != 1:
+            raise ValueError(f"sensor arrays differ in length: { {k: len(a) for k, a in arrays.items()} }")
+        if not self._files:
+            self._open(arrays)
+        for name, array in arrays.items():
+            if tuple(array.shape[1:]) != self._row_shapes[name]:
+                raise ValueError(f"sensor {name}: row shape {array.shape[1:]}, expected {self._row_shapes[name]}")
+            self._files[name].write(np.ascontiguousarray(array, dtype=SENSOR_ARRAYS[name]).tobytes())
+        self.rows += rows.pop()
+        self._pending += 1
+        if self._pending >= self._flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for f in self._files.values():
+            f.flush()
+        self._pending = 0
+
+    def close(self) -> None:
+        for f in self._files.values():
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+
+def assemble_sensor_npz(parts: Path, npz: Path) -> int:
+    """Write the .npz from the raw parts (chunked copy, bounded memory); returns its row count.
+
+    The parts folder is removed once the .npz is in place.
+    """
+    manifest_path = parts / _SensorParts.MANIFEST
+    if not manifest_path.exists():
+        # No manifest: nothing was written yet, or an earlier assembly finished and was
+        # removing the folder (the manifest goes first) - either way no data is here.
+        _remove_parts(parts)
+        return 0
+    manifest = json.loads(manifest_path.read_text())
+    row_bytes = {name: np.dtype(m["dtype"]).itemsize * int(np.prod(m["row_shape"], dtype=np.int64))
+                 for name, m in manifest.items()}
+    sizes = {name: (parts / f"{name}.bin").stat().st_size if (parts / f"{name}.bin").exists() else 0
+             for name in manifest}
+    rows = min(sizes[name] // row_bytes[name] for name in manifest)
+    tmp = npz.with_name(npz.name + TMP_SUFFIX)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, meta in manifest.items():
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(meta["dtype"])),
+                      "fortran_order": False, "shape": (rows, *meta["row_shape"])}
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member, \
+                    open(parts / f"{name}.bin", "rb") as source:
+                np.lib.format.write_array_header_1_0(member, header)
+                _copy_bytes(source, member, rows * row_bytes[name])
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    _fsync_replace(tmp, npz)
+    _remove_parts(parts)
+    return rows
+
+
+def _remove_parts(parts: Path) -> None:
+    """Remove the parts folder, manifest first, so a crash here never looks like data."""
+    if not parts.is_dir():
+        return
+    (parts / _SensorParts.MANIFEST).unlink(missing_ok=True)
+    for child in parts.iterdir():
+        child.unlink()
+    parts.rmdir()
+
+
+def _copy_bytes(source, target, n_bytes: int) -> None:
+    while n_bytes > 0:
+        chunk = source.read(min(COPY_CHUNK_BYTES, n_bytes))
+        if not chunk:
+            raise OSError(f"{source.name}: ended {n_bytes} bytes early")
+        target.write(chunk)
+        n_bytes -= len(chunk)
+
+
+def summary_from_timings(timings: Path) -> SessionSummary:
+    """Rebuild the summary by streaming a timings file (used by recover())."""
+    summary = SessionSummary()
+    if timings.exists():
+        for _, _, obj in iter_json_lines(timings):
+            if isinstance(obj, dict):
+                summary.add_timing(obj)
+    return summary
+
+
+# --------------------------------------------------------------------------- the writer
+class SessionWriter:
+    """Writes one session directory; see the module docstring and docs/SESSION_FILES.md.
+
+    One thread writes. close() may also be called from a signal handler: if the signal
+    interrupted a write, the close is deferred to the end of that write (bounded).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, stamp: str | None = None, save_data: bool = False,
+                 flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.paths = _create_session_dir(Path(out_dir), stamp)
+        self.save_data = save_data
+        self.views = tuple(views)
+        self.summary = SessionSummary()
+        self.frames_written = 0
+        self._summary_dict: dict | None = None
+        self._depth = 0
+        self._closing = False
+        self._close_pending = False
+        self.closed = False
+        self._timings = _LineFile(self.paths.timings, flush_every)
+        self._results = _LineFile(self.paths.results_jsonl, flush_every)
+        self._robot: _LineFile | None = None
+        self._sensor: _SensorParts | None = None
+        if save_data:
+            for view in self.views:
+                (self.paths.root / view).mkdir(exist_ok=True)
+            self._robot = _LineFile(self.paths.robot_csv, flush_every, header=",".join(ROBOT_CSV_HEADER))
+            self._sensor = _SensorParts(self.paths.sensor_parts, flush_every)
+
+    @property
+    def path(self) -> Path:
+        return self.paths.root
+
+    @property
+    def stamp(self) -> str:
+        return self.paths.stamp
+
+    # ---- guarded writes
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self.closed or self._closing:
+            raise SessionClosedError(f"session {self.paths.root.name} is closed")
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._close_pending:
+                self._close_pending = False
+                self.close()
+
+    def _require_data(self, what: str) -> None:
+        if not self.save_data:
+            raise ValueError(f"{what} needs save_data=True")
+
+    def write_timing(self, record: dict) -> None:
+        """One action (tick) record; every deployed and added field must be present (null allowed)."""
+        missing = [name for name in ACTION_FIELDS if name not in record]
+        if missing:
+            raise KeyError(f"timing record lacks {', '.join(missing)}")
+        self._write_timing_line(record, ACTION_FIELDS)
+
+    def write_vl_update(self, record: dict) -> None:
+        """One VL update record: timestamp, vl_update_number, vl_update_time (> 0 ms), extras."""
+        missing = [name for name in VL_FIELDS if name not in record]
+        if missing:
+            raise KeyError(f"VL update record lacks {', '.join(missing)}")
+        if not (isinstance(record["vl_update_time"], (int, float)) and record["vl_update_time"] > 0):
+            raise ValueError(f"VL update record needs vl_update_time > 0, got {record['vl_update_time']!r}")
+        self._write_timing_line(record, VL_FIELDS)
+
+    def _write_timing_line(self, record: dict, fields: tuple) -> None:
+        clean = to_jsonable(_ordered(record, fields))
+        with self._writing():
+            self._timings.write_line(json.dumps(clean, allow_nan=False))
+            self.summary.add_timing(clean)
+
+    def write_result(self, record: dict) -> None:
+        """{timestamp, actions, delta, inference_time, vl_update_number, robot_state: {joints, pose, timestamp}}."""
+        text = json.dumps(to_jsonable(record), allow_nan=False)
+        with self._writing():
+            self._results.write_line(text)
+            self.summary.note_result()
+
+    def write_frame(self, view: str, camera: str, timestamp: float, jpeg: bytes) -> Path:
+        """The received JPEG bytes, unchanged, as <view>/<camera>_<timestamp:.3f>.jpg."""
+        self._require_data("write_frame")
+        if view not in self.views:
+            raise ValueError(f"unknown view {view!r} (views: {', '.join(self.views)})")
+        if not camera or "/" in camera or camera.startswith("."):
+            raise ValueError(f"invalid camera name {camera!r}")
+        path = self.paths.root / view / f"{camera}_{timestamp:.3f}.jpg"
+        with self._writing():
+            tmp = path.with_name(path.name + TMP_SUFFIX)
+            tmp.write_bytes(bytes(jpeg))   # a crash leaves a .tmp, never a truncated .jpg
+            os.replace(tmp, path)
+            self.frames_written += 1
+        return path
+
+    def write_robot_rows(self, rows: Any) -> None:
+        """N x 16 float64 rows in ROBOT_CSV_HEADER order (one row of 16 is accepted too)."""
+        self._require_data("write_robot_rows")
+        array = np.asarray(rows, dtype=np.float64)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != len(ROBOT_CSV_HEADER):
+            raise ValueError(f"robot rows must be N x {len(ROBOT_CSV_HEADER)}, got shape {array.shape}")
+        with self._writing():
+            for row in array.tolist():
+                self._robot.write_line(",".join(map(repr, row)))
+
+    def write_sensor_records(self, timestamps: Any, send_timestamps: Any, forces: Any, alines: Any) -> None:
+        """N sensor records: timestamps (N,), send_timestamps (N,), forces (N,), alines (N, L)."""
+        self._require_data("write_sensor_records")
+        arrays = {"timestamps": np.asarray(timestamps), "send_timestamps": np.asarray(send_timestamps),
+                  "forces": np.asarray(forces), "alines": np.asarray(alines)}
+        if arrays["alines"].ndim != 2:
+            raise ValueError(f"alines must be N x L, got shape {arrays['alines'].shape}")
+        with self._writing():
+            self._sensor.append(arrays)
+
+    def note_lost(self, n: int) -> None:
+        """Records the recorder lost (overwritten in the results ring before it read them)."""
+        if n < 0:
+            raise ValueError(f"lost count must be >= 0, got {n}")
+        self.summary.note_lost(n)
+
+    def flush(self) -> None:
+        with self._writing():
+            for stream in self._streams():
+                stream.flush()
+
+    def _streams(self) -> list:
+        return [s for s in (self._timings, self._results, self._robot, self._sensor) if s is not None]
+
+    # ---- shutdown
+    def close(self) -> dict | None:
+        """Flush and finalise every file; idempotent. Returns the summary (None if deferred)."""
+        if self.closed or self._closing:
+            return self._summary_dict
+        if self._depth > 0:   # a signal handler interrupted one of our writes: finish it first
+            self._close_pending = True
+            return None
+        self._closing = True
+        try:
+            for stream in self._streams():
+                stream.close()
+            write_results_json(self.paths.results_jsonl, self.paths.results_json)
+            if self._sensor is not None:
+                assemble_sensor_npz(self.paths.sensor_parts, self.paths.sensor_npz)
+            self._summary_dict = self.summary.to_dict()
+            write_json_atomic(self.paths.summary, self._summary_dict)
+        finally:
+            self.closed = True
+            self._closing = False
+        return self._summary_dict
+
+    def __enter__(self) -> "SessionWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- crash recovery
+def recover(session_dir: str | os.PathLike) -> dict:
+    """Finalise a session left by a crash (idempotent); returns what was done.
+
+    Cuts lines torn by the crash, writes inference_results .json from its .jsonl,
+    assembles sensor_data .npz from its parts, removes frames left half-written (.tmp),
+    and writes performance_summary .json from the timings when it is missing
+    (the lost-record count is then unknown and reported as 0).
+    """
+    paths = SessionPaths.of_dir(session_dir)
+    report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
+    for path in (paths.timings, paths.results_jsonl, paths.robot_csv):
+        if trim_partial_line(path):
+            report["trimmed"].append(path.name)
+    report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
+    report["sensor_records"] = (assemble_sensor_npz(paths.sensor_parts, paths.sensor_npz)
+                                if paths.sensor_parts.exists() else None)
+    report["removed_tmp"] = 0
+    for tmp in paths.root.rglob(f"*{TMP_SUFFIX}"):
+        tmp.unlink()
+        report["removed_tmp"] += 1
+    report["summary_written"] = not paths.summary.exists()
+    if report["summary_written"]:
+        summary = summary_from_timings(paths.timings)
+        summary.result_records = report["results"]
+        write_json_atomic(paths.summary, summary.to_dict())
+    return report

@@ -1,0 +1,354 @@
+"""A ring of N fixed-size records in one segment, each slot guarded by a seqlock.
+
+Data area layout (after the 4 KiB segment header):
+
+    control   128 B : head (u64, records published so far) | futex word (u32)
+    slot[i]   stride: seqlock u64 + pad (64 B) | meta (64 B) | payload (record dtype x shape)
+
+Record number r lives in slot r % depth. The single writer fills slot `head % depth`
+(sequence odd while it writes, even when done) and then publishes by incrementing head.
+Readers copy a range of published records into caller buffers, then check that every
+slot's sequence is even and unchanged and that every slot still holds the record number
+expected: a record torn by a concurrent write, or overwritten since, fails the check and
+the read is retried. Readers never write to shared memory and never block the writer.
+Readers touch at most depth - 1 records, so they never wait on the slot being written.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import segment as segmod
+from .barrier import fence
+from .notify import Futex
+
+META_DTYPE = np.dtype([
+    ("record", "<i8"),        # record number (monotonic from 0); -1 = invalid
+    ("src_ts", "<f8"),        # sender's timestamp (its clock, seconds)
+    ("send_ts", "<f8"),       # sender's send timestamp (its clock, seconds)
+    ("recv_mono_ns", "<i8"),  # our CLOCK_MONOTONIC at receipt
+    ("recv_wall_ns", "<i8"),  # our wall clock at receipt
+    ("aux", "<f8"),           # per-stream extra (e.g. JPEG length, force placeholder)
+    ("label", "S16"),         # per-stream text (e.g. camera name, truncated)
+])
+assert META_DTYPE.itemsize == 64
+CONTROL_BYTES = 128
+SEQ_BYTES = 64
+ALIGN = 64
+DEFAULT_READ_TIMEOUT_S = 0.05
+
+
+class ReadTimeout(segmod.ShmError):
+    """A consistent read was not possible within the bounded time."""
+
+
+class WriterDied(ReadTimeout):
+    """The writer died in the middle of a write; a restarted writer repairs the slot."""
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None = None) -> dict:
+    dtype = np.dtype(dtype)
+    payload = int(dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+    layout = {
+        "kind": "ring",
+        "dtype": np.lib.format.dtype_to_descr(dtype),
+        "shape": list(shape),
+        "depth": int(depth),
+        "payload_bytes": payload,
+        "stride": SEQ_BYTES + META_DTYPE.itemsize + _align(payload),
+    }
+    if extras:
+        layout["extras"] = extras
+    return layout
+
+
+@dataclass
+class SinceResult:
+    count: int       # records copied
+    lost: int        # records overwritten before they could be read
+    next_record: int  # pass this to the next since() call
+
+
+class Ring:
+    """One ring. Create as writer with :meth:`create`, attach as reader with :meth:`attach`."""
+
+    def __init__(self, seg: segmod.Segment, layout: dict):
+        self.seg = seg
+        self.layout = layout
+        self.name = seg.name
+        self.dtype = np.lib.format.descr_to_dtype(_tupled(layout["dtype"]))
+        self.shape = tuple(layout["shape"])
+        self.depth = int(layout["depth"])
+        self.stride = int(layout["stride"])
+        buf = seg.mm
+        base = segmod.HEADER_BYTES
+        self._head = np.ndarray((1,), np.uint64, buffer=buf, offset=base)
+        self.futex = Futex(np.ndarray((1,), np.uint32, buffer=buf, offset=base + ALIGN))
+        slots = base + CONTROL_BYTES
+        self.seqs = np.ndarray((self.depth,), np.uint64, buffer=buf, offset=slots, strides=(self.stride,))
+        self.meta = np.ndarray((self.depth,), META_DTYPE, buffer=buf, offset=slots + SEQ_BYTES,
+                               strides=(self.stride,))
+        self.payload = np.ndarray((self.depth,) + self.shape, self.dtype, buffer=buf,
+                                  offset=slots + SEQ_BYTES + META_DTYPE.itemsize,
+                                  strides=(self.stride,) + _c_strides(self.shape, self.dtype.itemsize))
+        # reader scratch, allocated once
+        self._seq_before = np.empty(self.depth, np.uint64)
+        self._seq_after = np.empty(self.depth, np.uint64)
+        self._meta_scratch = np.empty(self.depth, META_DTYPE)
+        self._expect = np.arange(self.depth, dtype=np.int64)
+        self._check = np.empty(self.depth, np.int64)
+        # writer scratch
+        self._meta_one = np.zeros((), META_DTYPE)
+        self._writing = -1
+        self.retries = 0   # reader-side: reads retried because of a concurrent write
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, instance: str, stream: str, dtype, shape: tuple, depth: int, *,
+               prefix: str = segmod.DEFAULT_PREFIX, group: str = "", extras: dict | None = None) -> "Ring":
+        if depth < 2:
+            raise ValueError(f"ring {stream}: depth must be >= 2, got {depth}")
+        layout = ring_layout(dtype, shape, depth, extras)
+        data_bytes = CONTROL_BYTES + depth * layout["stride"]
+        seg = segmod.Segment.create(segmod.segment_name(instance, stream, prefix), layout, data_bytes, group=group)
+        ring = cls(seg, seg.layout())
+        if seg.reused:
+            ring._repair()
+        else:
+            ring.seqs[:] = 0
+            ring.meta["record"] = -1
+            ring._head[0] = 0
+        return ring
+
+    @classmethod
+    def attach(cls, instance: str, stream: str, dtype=None, shape: tuple | None = None, *,
+               prefix: str = segmod.DEFAULT_PREFIX) -> "Ring":
+        seg = segmod.Segment.attach(segmod.segment_name(instance, stream, prefix))
+        try:
+            layout = seg.layout()
+            if layout.get("kind") != "ring":
+                raise segmod.LayoutMismatch(f"{seg.name}: not a ring (kind {layout.get('kind')!r})")
+            ring = cls(seg, layout)
+            if dtype is not None and np.dtype(dtype) != ring.dtype:
+                raise segmod.LayoutMismatch(f"{seg.name}: record dtype {ring.dtype}, expected {np.dtype(dtype)}")
+            if shape is not None and tuple(shape) != ring.shape:
+                raise segmod.LayoutMismatch(f"{seg.name}: record shape {ring.shape}, expected {tuple(shape)}")
+        except BaseException:
+            seg.close()
+            raise
+        return ring
+
+    def _repair(self) -> None:
+        """After a writer died: make every sequence even and invalidate a torn record."""
+        odd = (self.seqs & 1).astype(bool)
+        for i in np.flatnonzero(odd):
+            self.meta["record"][i] = -1
+            self.seqs[i] = self.seqs[i] + 1
+        self.futex.post()
+
+    def close(self) -> None:
+        # drop our views before unmapping
+        for attr in ("_head", "seqs", "meta", "payload"):
+            setattr(self, attr, None)
+        self.futex = None
+        self.seg.close()
+
+    def unlink(self) -> None:
+        self.seg.unlink()
+
+    # ------------------------------------------------------------------ writer
+    @property
+    def head(self) -> int:
+        """Number of records published so far (= the next record number)."""
+        return int(self._head[0])
+
+    def begin(self) -> np.ndarray:
+        """Open the next slot for writing; returns its payload view to fill in place."""
+        slot = self.head % self.depth
+        self.seqs[slot] = self.seqs[slot] + 1      # odd: being written
+        fence()
+        self._writing = slot
+        return self.payload[slot]
+
+    def commit(self, src_ts: float = 0.0, send_ts: float = 0.0, recv_mono_ns: int | None = None,
+               recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"") -> int:
+        """Publish the slot opened by begin(); returns its record number."""
+        slot = self._writing
+        record = self.head
+        m = self._meta_one
+        m["record"] = record
+        m["src_ts"] = src_ts
+        m["send_ts"] = send_ts
+        m["recv_mono_ns"] = time.monotonic_ns() if recv_mono_ns is None else recv_mono_ns
+        m["recv_wall_ns"] = time.time_ns() if recv_wall_ns is None else recv_wall_ns
+        m["aux"] = aux
+        m["label"] = label
+        self.meta[slot] = m
+        fence()
+        self.seqs[slot] = self.seqs[slot] + 1      # even: done
+        self._head[0] = record + 1
+        self._writing = -1
+        self.futex.post()
+        return record
+
+    def write(self, payload, **meta) -> int:
+        np.copyto(self.begin(), payload, casting="same_kind")
+        return self.commit(**meta)
+
+    # ------------------------------------------------------------------ readers
+    def wait(self, after_record: int, timeout_s: float) -> bool:
+        """Block (no spinning) until a record numbered >= after_record exists, or timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            seen = self.futex.value()
+            if self.head > after_record:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.futex.wait(seen, left)
+
+    def _copy_range(self, first: int, k: int, out: np.ndarray, dst: int, meta_out: np.ndarray) -> bool:
+        """Copy records first..first+k-1 to out[dst:dst+k]; True if consistent."""
+        a = first % self.depth
+        n1 = min(k, self.depth - a)
+        spans = ((a, 0, n1), (0, n1, k - n1)) if k > n1 else ((a, 0, n1),)
+        for s, o, n in spans:
+            self._seq_before[o:o + n] = self.seqs[s:s + n]
+        if (self._seq_before[:k] & 1).any():
+            return False
+        fence()
+        for s, o, n in spans:
+            out[dst + o:dst + o + n] = self.payload[s:s + n]
+            meta_out[dst + o:dst + o + n] = self.meta[s:s + n]
+        fence()
+        for s, o, n in spans:
+            self._seq_after[o:o + n] = self.seqs[s:s + n]
+        if not np.array_equal(self._seq_before[:k], self._seq_after[:k]):
+            return False
+        np.subtract(meta_out["record"][dst:dst + k], first, out=self._check[:k])
+        return np.array_equal(self._check[:k], self._expect[:k])
+
+    def _retry_or_fail(self, deadline: float) -> None:
+        self.retries += 1
+        if time.monotonic() < deadline:
+            return
+        slot = self.head % self.depth
+        if int(self.seqs[slot]) & 1 and not self.seg.writer_alive():
+            raise WriterDied(f"{self.name}: writer died mid-write (pid {self.seg.writer_pid}); "
+                             "a restarted writer repairs the slot")
+        raise ReadTimeout(f"{self.name}: no consistent read within the time bound ({self.retries} retries)")
+
+    def window(self, n: int, out: np.ndarray, meta_out: np.ndarray | None = None,
+               timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> int:
+        """Copy the newest k = min(n, available) records into out[n-k:n], oldest first.
+
+        Right-aligned so that a caller can zero-pad the front while a ring fills.
+        Returns k. `out` has shape (>= n,) + record shape; `meta_out` (>= n,) META_DTYPE.
+        """
+        if n > self.depth - 1:
+            raise ValueError(f"{self.name}: window {n} exceeds ring depth - 1 ({self.depth - 1})")
+        meta_out = self._meta_scratch if meta_out is None else meta_out
+        deadline = time.monotonic() + timeout_s
+        while True:
+            head = self.head
+            k = min(n, head)
+            if k == 0:
+                return 0
+            if self._copy_range(head - k, k, out, n - k, meta_out):
+                return k
+            self._retry_or_fail(deadline)
+
+    def latest(self, out: np.ndarray, meta_out: np.ndarray | None = None,
+               timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> int:
+        """Copy the newest record into out[0]; returns its record number, or -1 if none."""
+        meta_out = self._meta_scratch if meta_out is None else meta_out
+        if self.window(1, out, meta_out, timeout_s) == 0:
+            return -1
+        return int(meta_out["record"][0])
+
+    def since(self, record: int, out: np.ndarray, meta_out: np.ndarray, max_n: int | None = None,
+              timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> SinceResult:
+        """Copy records numbered >= record (oldest first) into out[0:count].
+
+        For consumers that must see every record: if the reader fell behind by more than
+        the ring holds, the overwritten records are reported as `lost`.
+        """
+        max_n = min(len(out), self.depth - 1) if max_n is None else min(max_n, len(out), self.depth - 1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            head = self.head
+            oldest = max(0, head - (self.depth - 1))
+            start = max(record, oldest)
+            k = min(max_n, head - start)
+            if k <= 0:
+                return SinceResult(0, max(0, oldest - record), max(record, oldest))
+            if self._copy_range(start, k, out, 0, meta_out):
+                return SinceResult(k, start - record if start > record else 0, start + k)
+            self._retry_or_fail(deadline)
+
+    # ------------------------------------------------------------------ validated views
+    def peek_latest(self) -> "PeekedRecord | None":
+        """The newest record in place (no copy). Use it, then check `.valid()`.
+
+        For large frames: e.g. a host-to-device copy straight from shared memory,
+        then confirm that the writer did not touch the slot meanwhile.
+        """
+        head = self.head
+        if head == 0:
+            return None
+        slot = (head - 1) % self.depth
+        seq = int(self.seqs[slot])
+        fence()
+        peeked = PeekedRecord(self, slot, seq, head - 1)
+        if seq & 1 or int(self.meta["record"][slot]) != head - 1:
+            return None
+        return peeked
+
+    def age_ns(self, now_ns: int | None = None) -> int | None:
+        """Age of the newest record on CLOCK_MONOTONIC, or None if empty (a cheap, unchecked read)."""
+        head = self.head
+        if head == 0:
+            return None
+        recv = int(self.meta["recv_mono_ns"][(head - 1) % self.depth])
+        return (time.monotonic_ns() if now_ns is None else now_ns) - recv
+
+
+class PeekedRecord:
+    def __init__(self, ring: Ring, slot: int, seq: int, record: int):
+        self.ring = ring
+        self.slot = slot
+        self.seq = seq
+        self.record = record
+        self.payload = ring.payload[slot]
+        self.meta = ring.meta[slot]
+
+    def valid(self) -> bool:
+        fence()
+        return int(self.ring.seqs[self.slot]) == self.seq
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= dim
+    return tuple(reversed(strides))
+
+
+def _tupled(descr):
+    """JSON turns the dtype descr's tuples into lists; numpy wants tuples back."""
+    if isinstance(descr, str):
+        return descr
+    out = []
+    for field in descr:
+        name, sub = field[0], field[1]
+        sub = _tupled(sub) if isinstance(sub, list) else sub
+        out.append((name, sub, tuple(field[2])) if len(field) > 2 else (name, sub))
+    return out

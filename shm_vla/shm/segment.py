@@ -1,0 +1,349 @@
+"""Named shared-memory segments: naming, header, permissions, single writer, stale detection.
+
+A segment is ``/<prefix>.<instance>.<stream>`` (a POSIX shm object, /dev/shm on Linux)
+opened through posix_ipc and mapped with mmap. It starts with a fixed 4 KiB header:
+
+    magic, layout version, kind, the layout (JSON: dtype, shape, slot count, extras),
+    writer pid and the writer's process start time (to tell a dead pid from a reused one).
+
+One writer per segment: the writer holds an exclusive ``flock`` on the segment's file
+descriptor for its whole life. The kernel drops the lock when the writer dies, however it
+dies, so a second writer is refused while the first lives and a stale segment (left by a
+dead writer) is re-initialised by the next one. Readers never lock anything.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import mmap
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import posix_ipc
+
+MAGIC = b"SHMVLA\x00\x01"
+LAYOUT_VERSION = 1
+HEADER_BYTES = 4096
+LAYOUT_JSON_BYTES = 3072
+SHM_DIR = Path("/dev/shm")
+DEFAULT_PREFIX = "shm-vla"
+
+HEADER_DTYPE = np.dtype([
+    ("magic", "S8"),
+    ("version", "<u4"),
+    ("header_bytes", "<u4"),
+    ("total_bytes", "<u8"),
+    ("writer_pid", "<u8"),
+    ("writer_start_ticks", "<u8"),   # /proc/<pid>/stat field 22: tells a reused pid apart
+    ("created_wall_ns", "<u8"),
+    ("generation", "<u8"),           # bumped at every (re)initialisation by a writer
+    ("layout_len", "<u4"),
+    ("_pad", "<u4"),
+    ("layout", f"S{LAYOUT_JSON_BYTES}"),
+])
+assert HEADER_DTYPE.itemsize <= HEADER_BYTES
+
+
+class ShmError(RuntimeError):
+    """Base class for clear, user-facing shared-memory errors."""
+
+
+class SegmentMissing(ShmError):
+    pass
+
+
+class LayoutMismatch(ShmError):
+    pass
+
+
+class WriterBusy(ShmError):
+    """A live writer already owns the segment."""
+
+
+class ShmFull(ShmError):
+    pass
+
+
+def segment_name(instance: str, stream: str, prefix: str = DEFAULT_PREFIX) -> str:
+    if not instance or "/" in instance or "." in instance:
+        raise ShmError(f"invalid instance name {instance!r}: non-empty, no '/' or '.'")
+    return f"/{prefix}.{instance}.{stream}"
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may hold spaces or ')': fields resume after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    return int(fields[19])  # field 22 overall
+
+
+def writer_alive(pid: int, start_ticks: int) -> bool:
+    return pid > 0 and process_start_ticks(pid) == start_ticks
+
+
+@dataclass
+class SegmentInfo:
+    name: str
+    size_bytes: int
+    layout: dict | None
+    writer_pid: int
+    alive: bool
+    error: str = ""
+
+
+class Segment:
+    """A mapped segment. Use :meth:`create` (writer) or :meth:`attach` (reader)."""
+
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, writer: bool):
+        self.name = name
+        self.fd = fd
+        self.mm = mm
+        self.writer = writer
+        self.header = np.ndarray((), HEADER_DTYPE, buffer=mm, offset=0)
+        self.reused = False
+        self.inode = os.fstat(fd).st_ino
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, name: str, layout: dict, data_bytes: int, *, group: str = "",
+               lock_timeout_s: float = 0.5) -> "Segment":
+        """Create a segment as its one writer, or take over one left by a dead writer.
+
+        A stale segment with the same layout and size is kept (same object, so readers
+        stay attached and the data stays readable); ``reused`` is then True and the caller
+        repairs what a mid-write death may have left. Any other stale segment is replaced.
+        """
+        total = HEADER_BYTES + int(data_bytes)
+        mode = 0o660 if group else 0o600
+        for _ in range(3):
+            fd = posix_ipc.SharedMemory(name, posix_ipc.O_CREAT, mode=mode, size=0).fd
+            try:
+                _lock_writer(fd, name, lock_timeout_s)
+                size = os.fstat(fd).st_size
+                if size not in (0, total) or (size and not _same_layout(fd, layout)):
+                    posix_ipc.unlink_shared_memory(name)  # stale and different: start afresh
+                    os.close(fd)
+                    continue
+                _set_permissions(fd, mode, group)
+                _reserve(fd, name, total)
+                mm = mmap.mmap(fd, total)
+            except BaseException:
+                os.close(fd)
+                raise
+            seg = cls(name, fd, mm, writer=True)
+            seg.reused = size == total
+            seg._init_header(layout, total)
+            return seg
+        raise ShmError(f"{name}: could not create the segment (it keeps being replaced)")
+
+    def _init_header(self, layout: dict, total: int) -> None:
+        text = json.dumps(layout, sort_keys=True).encode()
+        if len(text) > LAYOUT_JSON_BYTES:
+            raise ShmError(f"{self.name}: layout description too long ({len(text)} bytes)")
+        h = self.header
+        previous_generation = int(h["generation"]) if bytes(h["magic"]) == MAGIC else 0
+        h["magic"] = b""  # invalid while (re)initialising: readers refuse a half-made header
+        h["version"] = LAYOUT_VERSION
+        h["header_bytes"] = HEADER_BYTES
+        h["total_bytes"] = total
+        h["writer_pid"] = os.getpid()
+        h["writer_start_ticks"] = process_start_ticks(os.getpid()) or 0
+        h["created_wall_ns"] = time.time_ns()
+        h["generation"] = previous_generation + 1
+        h["layout_len"] = len(text)
+        h["layout"] = text
+        h["magic"] = MAGIC
+
+    @classmethod
+    def attach(cls, name: str, layout: dict | None = None) -> "Segment":
+        """Map an existing segment read-only-by-convention; check its layout if given."""
+        try:
+            shm = posix_ipc.SharedMemory(name, 0)
+        except posix_ipc.ExistentialError:
+            raise SegmentMissing(f"shared-memory segment {name} does not exist "
+                                 "(is its writer running, and is the instance name right?)") from None
+        except posix_ipc.PermissionsError:
+            raise ShmError(f"no permission to open {name} (segments are 0600/0660)") from None
+        fd = shm.fd
+        size = os.fstat(fd).st_size
+        if size < HEADER_BYTES:
+            os.close(fd)
+            raise ShmError(f"{name} is not initialised yet ({size} bytes)")
+        mm = mmap.mmap(fd, size)
+        seg = cls(name, fd, mm, writer=False)
+        try:
+            seg.check_layout(layout)
+        except BaseException:
+            seg.close()
+            raise
+        return seg
+
+    # ------------------------------------------------------------------ header access
+    def layout(self) -> dict:
+        h = self.header
+        if bytes(h["magic"]) != MAGIC:
+            raise ShmError(f"{self.name}: bad magic (not a shm-vla segment, or being initialised)")
+        if int(h["version"]) != LAYOUT_VERSION:
+            raise LayoutMismatch(f"{self.name}: layout version {int(h['version'])}, expected {LAYOUT_VERSION}")
+        return json.loads(bytes(h["layout"])[: int(h["layout_len"])])
+
+    def check_layout(self, expected: dict | None) -> dict:
+        found = self.layout()
+        if expected is not None:
+            want = json.loads(json.dumps(expected, sort_keys=True))
+            if found != want:
+                diff = sorted(k for k in set(found) | set(want) if found.get(k) != want.get(k))
+                detail = "; ".join(f"{k}: segment has {found.get(k)!r}, expected {want.get(k)!r}" for k in diff)
+                raise LayoutMismatch(f"{self.name}: layout differs ({detail})")
+        return found
+
+    def replaced(self) -> bool:
+        """True when the name now refers to another object (a writer re-created it)."""
+        try:
+            return (SHM_DIR / self.name.lstrip("/")).stat().st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
+    @property
+    def writer_pid(self) -> int:
+        return int(self.header["writer_pid"])
+
+    def writer_alive(self) -> bool:
+        return writer_alive(self.writer_pid, int(self.header["writer_start_ticks"]))
+
+    def data(self, offset: int = 0, nbytes: int | None = None) -> memoryview:
+        start = HEADER_BYTES + offset
+        end = len(self.mm) if nbytes is None else start + nbytes
+        return memoryview(self.mm)[start:end]
+
+    def close(self) -> None:
+        """Unmap; the writer's lock is released with its descriptor. Leaves the name."""
+        if self.mm is None:
+            return
+        self.header = None
+        try:
+            self.mm.close()
+        except BufferError:
+            # numpy views into the map are still alive somewhere; the map goes with them.
+            pass
+        self.mm = None
+        os.close(self.fd)
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+# ---------------------------------------------------------------------- helpers
+def _lock_writer(fd: int, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+    pid = _read_writer_pid(fd)
+    raise WriterBusy(f"{name} already has a live writer (pid {pid}); refusing a second writer")
+
+
+def _same_layout(fd: int, layout: dict) -> bool:
+    try:
+        head = np.frombuffer(os.pread(fd, HEADER_DTYPE.itemsize, 0), HEADER_DTYPE)[0]
+        if bytes(head["magic"]) != MAGIC or int(head["version"]) != LAYOUT_VERSION:
+            return False
+        found = json.loads(bytes(head["layout"])[: int(head["layout_len"])])
+    except (OSError, ValueError, IndexError):
+        return False
+    return found == json.loads(json.dumps(layout, sort_keys=True))
+
+
+def _read_writer_pid(fd: int) -> int:
+    try:
+        raw = os.pread(fd, HEADER_DTYPE.itemsize, 0)
+        return int(np.frombuffer(raw, HEADER_DTYPE)[0]["writer_pid"])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _set_permissions(fd: int, mode: int, group: str) -> None:
+    # shm_open applies the umask; set the mode explicitly so it is what config says.
+    if group:
+        import grp
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ShmError(f"config shm.group: group {group!r} does not exist") from None
+        os.fchown(fd, -1, gid)
+    os.fchmod(fd, mode)
+
+
+def _reserve(fd: int, name: str, total: int) -> None:
+    """Allocate real pages now: a sparse tmpfs file would SIGBUS on first write when full."""
+    try:
+        if os.fstat(fd).st_size != total:
+            os.ftruncate(fd, total)
+        os.posix_fallocate(fd, 0, total)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            raise ShmFull(f"cannot reserve {total} bytes for {name}: /dev/shm is full "
+                          f"({os.strerror(exc.errno)})") from None
+        raise
+
+
+# ---------------------------------------------------------------------- listing
+def instance_segments(instance: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    head = f"{prefix}.{instance}."
+    if not SHM_DIR.is_dir():
+        return []
+    return sorted("/" + p.name for p in SHM_DIR.iterdir() if p.name.startswith(head))
+
+
+def inspect(name: str) -> SegmentInfo:
+    """Describe a segment without disturbing it (no locks taken)."""
+    path = SHM_DIR / name.lstrip("/")
+    try:
+        size = path.stat().st_size
+        seg = Segment.attach(name)
+    except ShmError as exc:
+        return SegmentInfo(name, path.stat().st_size if path.exists() else 0, None, 0, False, str(exc))
+    try:
+        return SegmentInfo(name, size, seg.layout(), seg.writer_pid, seg.writer_alive())
+    finally:
+        seg.close()
+
+
+def remove_stale(name: str) -> bool:
+    """Unlink a segment whose writer is gone. Never removes a live writer's segment."""
+    try:
+        shm = posix_ipc.SharedMemory(name, 0)
+    except posix_ipc.ExistentialError:
+        return False
+    try:
+        fcntl.flock(shm.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(shm.fd)
+        return False  # a live writer holds it
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    finally:
+        os.close(shm.fd)
+    return True
+
+
+def remove_instance(instance: str, prefix: str = DEFAULT_PREFIX) -> int:
+    """Unlink every stale segment of an instance (tests, `shm clean`)."""
+    return sum(remove_stale(name) for name in instance_segments(instance, prefix))

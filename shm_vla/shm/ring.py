@@ -174,7 +174,7 @@ class Ring:
         self.seqs[slot] = self.seqs[slot] + 1      # odd: being written
         fence()
         self._writing = slot
-        return self.payload[slot]
+        return self.payload[slot, ...]   # a view, also for 0-d records
 
     def commit(self, src_ts: float = 0.0, send_ts: float = 0.0, recv_mono_ns: int | None = None,
                recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"") -> int:
@@ -311,6 +311,14 @@ class Ring:
             return None
         return peeked
 
+    def health(self) -> str:
+        """'ok', 'no writer' (writer gone, data still readable), or 'writer died mid-write'."""
+        if self.seg.writer_alive():
+            return "ok"
+        if int(self.seqs[self.head % self.depth]) & 1:
+            return "writer died mid-write"
+        return "no writer"
+
     def age_ns(self, now_ns: int | None = None) -> int | None:
         """Age of the newest record on CLOCK_MONOTONIC, or None if empty (a cheap, unchecked read)."""
         head = self.head
@@ -326,7 +334,7 @@ class PeekedRecord:
         self.slot = slot
         self.seq = seq
         self.record = record
-        self.payload = ring.payload[slot]
+        self.payload = ring.payload[slot, ...]
         self.meta = ring.meta[slot]
 
     def valid(self) -> bool:

@@ -1,0 +1,195 @@
+"""Single-process tests of the ring: arithmetic, layout, ownership, permissions, errors."""
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shm_vla.shm import segment as segmod
+from shm_vla.shm.ring import META_DTYPE, Ring
+
+
+def _fill(ring, n, start=0):
+    for i in range(start, start + n):
+        ring.write(np.full(ring.shape, i, ring.dtype), src_ts=float(i))
+
+
+@settings(max_examples=60, deadline=None)
+@given(depth=st.integers(2, 9), written=st.integers(0, 40), n=st.integers(1, 8))
+def test_window_is_newest_records_right_aligned(depth, written, n):
+    name = f"hw{os.getpid()}"
+    ring = Ring.create(name, "w", np.int32, (3,), depth)
+    try:
+        _fill(ring, written)
+        n = min(n, depth - 1)
+        out = np.full((n, 3), -7, np.int32)
+        meta = np.zeros(n, META_DTYPE)
+        k = ring.window(n, out, meta)
+        assert k == min(n, written)
+        expect = np.arange(written - k, written)
+        assert (out[n - k:, 0] == expect).all()
+        assert (meta["record"][n - k:] == expect).all()
+        assert (meta["src_ts"][n - k:] == expect).all()
+        assert (out[: n - k] == -7).all()        # the front is left for the caller to pad
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+@settings(max_examples=60, deadline=None)
+@given(depth=st.integers(2, 9), batches=st.lists(st.integers(0, 12), min_size=1, max_size=6),
+       max_n=st.integers(1, 10))
+def test_since_sees_every_record_or_counts_it_lost(depth, batches, max_n):
+    name = f"hs{os.getpid()}"
+    ring = Ring.create(name, "s", np.int64, (), depth)
+    try:
+        out = np.zeros(10, np.int64)
+        meta = np.zeros(10, META_DTYPE)
+        cursor = seen = lost = 0
+        written = 0
+        for b in batches:
+            _fill(ring, b, written)
+            written += b
+            while True:
+                res = ring.since(cursor, out, meta, max_n)
+                lost += res.lost
+                if res.count:
+                    assert (out[: res.count] == np.arange(res.next_record - res.count, res.next_record)).all()
+                seen += res.count
+                cursor = res.next_record
+                if res.count == 0:
+                    break
+        assert seen + lost == written
+        assert cursor == written
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_latest_and_empty(instance):
+    ring = Ring.create(instance, "l", np.float32, (4,), 4)
+    out = np.zeros((1, 4), np.float32)
+    assert ring.latest(out) == -1
+    assert ring.age_ns() is None
+    _fill(ring, 6)
+    assert ring.latest(out) == 5 and out[0, 0] == 5
+    assert ring.age_ns() >= 0
+    ring.close()
+
+
+def test_window_larger_than_depth_is_refused(instance):
+    ring = Ring.create(instance, "d", np.float32, (4,), 4)
+    with pytest.raises(ValueError, match="exceeds ring depth"):
+        ring.window(4, np.zeros((4, 4), np.float32))
+    ring.close()
+
+
+def test_peek_latest_is_validated_in_place(instance):
+    ring = Ring.create(instance, "p", np.uint8, (16,), 3)
+    assert ring.peek_latest() is None
+    _fill(ring, 2)
+    peek = ring.peek_latest()
+    assert peek.record == 1 and peek.payload[0] == 1 and peek.valid()
+    _fill(ring, 3, 2)                       # the writer laps the slot
+    assert not peek.valid()
+    ring.close()
+
+
+def test_reader_sees_writer_data_and_layout_mismatch_is_clear(instance):
+    w = Ring.create(instance, "x", np.float32, (1026,), 8, extras={"channel_order": "RGB"})
+    _fill(w, 3)
+    r = Ring.attach(instance, "x", np.float32, (1026,))
+    out = np.zeros((2, 1026), np.float32)
+    assert r.window(2, out) == 2 and out[1, 0] == 2
+    assert r.layout["extras"]["channel_order"] == "RGB"
+    with pytest.raises(segmod.LayoutMismatch, match="shape"):
+        Ring.attach(instance, "x", np.float32, (1025,))
+    with pytest.raises(segmod.LayoutMismatch, match="dtype"):
+        Ring.attach(instance, "x", np.float64, (1026,))
+    r.close()
+    w.close()
+
+
+def test_missing_segment_and_bad_instance_are_clear(instance):
+    with pytest.raises(segmod.SegmentMissing, match="does not exist"):
+        Ring.attach(instance, "nothing")
+    with pytest.raises(segmod.ShmError, match="invalid instance"):
+        Ring.attach("bad/name", "x")
+
+
+def test_second_writer_is_refused_naming_the_first(instance):
+    w = Ring.create(instance, "o", np.float32, (4,), 4)
+    code = ("import numpy as np; from shm_vla.shm.ring import Ring\n"
+            f"Ring.create('{instance}', 'o', np.float32, (4,), 4)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert f"live writer (pid {os.getpid()})" in proc.stderr
+    w.close()
+
+
+def test_stale_segment_is_taken_over_and_data_kept(instance):
+    code = ("import numpy as np; from shm_vla.shm.ring import Ring\n"
+            f"r = Ring.create('{instance}', 'st', np.float32, (4,), 4)\n"
+            "[r.write(np.full(4, i, np.float32)) for i in range(5)]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    info = segmod.inspect(segmod.segment_name(instance, "st"))
+    assert not info.alive and info.writer_pid > 0
+    ring = Ring.create(instance, "st", np.float32, (4,), 4)    # same layout: reused
+    assert ring.seg.reused and ring.head == 5
+    assert int(ring.seg.header["writer_pid"]) == os.getpid()
+    ring.close()
+    # a different layout replaces the stale segment
+    ring = Ring.create(instance, "st", np.float32, (8,), 4)
+    assert not ring.seg.reused and ring.head == 0
+    ring.close()
+
+
+def test_stale_check_detects_reused_pid():
+    me = os.getpid()
+    ticks = segmod.process_start_ticks(me)
+    assert segmod.writer_alive(me, ticks)
+    assert not segmod.writer_alive(me, ticks + 1)     # same pid, other start time: reused
+    assert not segmod.writer_alive(0, 0)
+
+
+def test_permissions_are_0600_by_default(instance):
+    ring = Ring.create(instance, "perm", np.float32, (4,), 4)
+    mode = stat.S_IMODE(os.stat(f"/dev/shm/shm-vla.{instance}.perm").st_mode)
+    assert mode == 0o600
+    ring.close()
+
+
+def test_group_permissions(instance):
+    import grp
+    group = grp.getgrgid(os.getgid()).gr_name
+    ring = Ring.create(instance, "grp", np.float32, (4,), 4, group=group)
+    st_ = os.stat(f"/dev/shm/shm-vla.{instance}.grp")
+    assert stat.S_IMODE(st_.st_mode) == 0o660 and st_.st_gid == os.getgid()
+    ring.close()
+    with pytest.raises(segmod.ShmError, match="group"):
+        Ring.create(instance, "grp2", np.float32, (4,), 4, group="no-such-group-xyz")
+
+
+def test_full_dev_shm_is_a_clear_error(instance, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(segmod.ShmFull, match="/dev/shm is full"):
+        Ring.create(instance, "big", np.uint8, (1 << 20,), 4)
+
+
+def test_shm_ls_and_clean_cli(instance):
+    ring = Ring.create(instance, "cli", np.float32, (4,), 4)
+    run = [sys.executable, "-m", "shm_vla.cli", "shm"]
+    out = subprocess.run(run + ["ls", "--instance", instance], capture_output=True, text=True, timeout=30).stdout
+    assert "cli" in out and "live" in out
+    out = subprocess.run(run + ["clean", "--instance", instance], capture_output=True, text=True, timeout=30).stdout
+    assert "0 stale segment(s) removed, 1 live kept" in out
+    ring.close()
+    out = subprocess.run(run + ["clean", "--instance", instance], capture_output=True, text=True, timeout=30).stdout
+    assert "1 stale segment(s) removed" in out

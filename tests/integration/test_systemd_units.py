@@ -1,0 +1,248 @@
+"""The systemd integration: install.sh into a temp DESTDIR, `systemd-analyze verify` on every
+installed unit, the unit structure (cascade, notify, watchdog, ordering), the example configs.
+
+`systemd-analyze verify` checks the syntax of every key, specifiers, and that each Exec*=
+binary exists and is executable; install.sh points ExecStart at this checkout's real
+shm-vla executable, so the verified files are the ones a deployment would get.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shm_vla import cli, config
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEMD = REPO / "systemd"
+INSTALL = SYSTEMD / "install.sh"
+UMBRELLA = "shm-vla@.service"
+PROCESS_UNITS = {  # unit -> the shm-vla command it runs
+    "shm-vla-ingest-camera@.service": "ingest camera",
+    "shm-vla-ingest-robot@.service": "ingest robot",
+    "shm-vla-ingest-sensor@.service": "ingest sensor",
+    "shm-vla-vl@.service": "vl",
+    "shm-vla-act@.service": "act",
+    "shm-vla-record@.service": "record",
+}
+ALL_UNITS = [UMBRELLA, *PROCESS_UNITS, "shm-vla-mps@.service"]
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def shm_vla_executable() -> str:
+    """The console script of this environment (what a venv deployment would run)."""
+    script = Path(sys.executable).parent / "shm-vla"
+    return str(script) if os.access(script, os.X_OK) else sys.executable
+
+
+def run_install(destdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "MPS_CONTROL": shutil.which("true"), **(env or {})}
+    full_env.pop("DESTDIR", None)
+    return subprocess.run(["sh", str(INSTALL), "--destdir", str(destdir), *args],
+                          capture_output=True, text=True, timeout=30, env=full_env)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    destdir = tmp_path_factory.mktemp("destdir")
+    result = run_install(destdir, "--bin", shm_vla_executable())
+    assert result.returncode == 0, result.stderr
+    return destdir
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """section -> key -> every value (systemd allows a key many times)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def words(unit: dict, section: str, key: str) -> list[str]:
+    return [w for value in unit.get(section, {}).get(key, []) for w in value.split()]
+
+
+# --------------------------------------------------------------------------- install.sh
+def test_install_into_destdir(root):
+    units = root / "etc/systemd/system"
+    assert sorted(p.name for p in units.iterdir()) == sorted(ALL_UNITS)
+    exe = shm_vla_executable()
+    for name in ALL_UNITS:
+        text = (units / name).read_text()
+        assert "/usr/local/bin/shm-vla" not in text and "nvidia-cuda-mps-control -d" not in text
+        assert (units / name).stat().st_mode & 0o777 == 0o644
+    assert f"ExecStart={exe} act --instance %i" in (units / "shm-vla-act@.service").read_text()
+    assert f"ExecStart={shutil.which('true')} -d" in (units / "shm-vla-mps@.service").read_text()
+    for name in ("flow.toml", "regression.toml"):
+        conf = root / "etc/shm-vla" / name
+        assert conf.read_text() == (SYSTEMD / name).read_text()
+        assert conf.stat().st_mode & 0o777 == 0o640  # not world-readable
+
+
+def test_install_never_overwrites_configs(tmp_path):
+    assert run_install(tmp_path, "--bin", shm_vla_executable()).returncode == 0
+    conf = tmp_path / "etc/shm-vla/flow.toml"
+    conf.write_text("# the operator's own\n")
+    unit = tmp_path / "etc/systemd/system/shm-vla-act@.service"
+    unit.write_text("stale\n")
+    result = run_install(tmp_path, "--prefix", str(Path(shm_vla_executable()).parent.parent))
+    assert result.returncode == 0, result.stderr
+    assert conf.read_text() == "# the operator's own\n"
+    assert "kept existing /etc/shm-vla/flow.toml" in result.stdout
+    assert unit.read_text().startswith("# shm-vla-act@.service")  # units are ours: replaced
+
+
+@pytest.mark.parametrize("bad", ["relative/shm-vla", "/nonexistent/bin/shm-vla", "/tmp/a b/shm-vla",
+                                 "/opt/100%/shm-vla"])
+def test_install_rejects_bad_executable(tmp_path, bad):
+    result = run_install(tmp_path / "d", "--bin", bad)
+    assert result.returncode != 0
+    assert "install.sh:" in result.stderr
+    assert not (tmp_path / "d/etc/systemd/system").exists()
+
+
+# --------------------------------------------------------------------------- systemd-analyze
+def analyze_verify(unit_dir: Path, units: list[str]) -> subprocess.CompletedProcess:
+    # A trailing ':' keeps systemd's own unit directories (multi-user.target, ...) on the path.
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:", "SYSTEMD_LOG_COLOR": "0"}
+    return subprocess.run([SYSTEMD_ANALYZE, "verify", "--man=no", *units],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None,
+                                   reason="systemd-analyze not installed (apt-get install systemd)")
+
+
+@needs_analyze
+@pytest.mark.parametrize("instance", ["flow", "regression"])
+def test_systemd_analyze_verify_every_unit(root, instance):
+    units = [name.replace("@", f"@{instance}") for name in ALL_UNITS]
+    result = analyze_verify(root / "etc/systemd/system", units)
+    # Unknown keys and bad values are only warnings to verify: any output is a failure.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+
+
+@needs_analyze
+def test_systemd_analyze_catches_broken_units(tmp_path, root):
+    """The verify test above can fail: a typo'd key and a missing binary are both reported."""
+    good = (root / "etc/systemd/system/shm-vla-act@.service").read_text()
+    (tmp_path / "shm-vla-act@.service").write_text(good.replace("WatchdogSec=", "WatchDogSec="))
+    (tmp_path / "shm-vla-vl@.service").write_text(
+        re.sub(r"ExecStart=\S+", "ExecStart=/nonexistent/shm-vla", good))
+    for unit in ("shm-vla-act@flow.service", "shm-vla-vl@flow.service"):
+        result = analyze_verify(tmp_path, [unit])
+        assert result.returncode != 0 or (result.stdout + result.stderr).strip(), unit
+
+
+# --------------------------------------------------------------------------- unit structure
+def test_umbrella_pulls_in_every_process_and_cleans_only_when_safe():
+    unit = parse_unit(SYSTEMD / UMBRELLA)
+    wanted = set(words(unit, "Unit", "Wants"))
+    assert wanted == {name.replace("@", "@%i") for name in PROCESS_UNITS}
+    assert unit["Service"]["Type"] == ["oneshot"] and unit["Service"]["RemainAfterExit"] == ["yes"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert unit["Service"]["RemoveIPC"] == ["no"]
+    # The cleanup commands are real CLI commands that remove only stale segments.
+    for key in ("ExecStart", "ExecStopPost"):
+        (command,) = unit["Service"][key]
+        argv = shlex.split(command.lstrip("-"))
+        assert argv[0] == "/usr/local/bin/shm-vla" and argv[1:4] == ["shm", "clean", "--instance"]
+
+
+def test_umbrella_cleanup_command_runs(instance):
+    command = parse_unit(SYSTEMD / UMBRELLA)["Service"]["ExecStopPost"][0].lstrip("-")
+    argv = [a.replace("%i", instance) for a in shlex.split(command)[1:]]
+    result = subprocess.run([sys.executable, "-m", "shm_vla.cli", *argv],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "0 stale segment(s) removed" in result.stdout
+
+
+@pytest.mark.parametrize("name", list(PROCESS_UNITS))
+def test_process_unit_is_bound_notify_watchdog_restart(name):
+    unit = parse_unit(SYSTEMD / name)
+    service = unit["Service"]
+    for key in ("PartOf", "BindsTo", "After"):
+        assert "shm-vla@%i.service" in words(unit, "Unit", key), key
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert float(service["WatchdogSec"][0]) > 0
+    assert service["Restart"] == ["on-failure"] and float(service["RestartSec"][0]) > 0
+    assert service["RestartPreventExitStatus"] == [str(config.EXIT_CONFIG_ERROR)]
+    assert service["User"] == ["shm-vla"] and service["Group"] == ["shm-vla"]
+    assert service["RemoveIPC"] == ["no"]
+    assert int(service["UMask"][0], 8) & 0o007 == 0o007  # nothing for other users
+    assert "ExecStopPost" not in service  # cleanup only in the umbrella (see there)
+    (command,) = service["ExecStart"]
+    argv = shlex.split(command)
+    expected = PROCESS_UNITS[name].split()
+    assert argv[0] == "/usr/local/bin/shm-vla" and argv[1:1 + len(expected)] == expected
+    assert argv[1] in cli.COMMANDS
+    assert argv[1 + len(expected):] == ["--instance", "%i", "--config", "/etc/shm-vla/%i.toml"]
+
+
+def test_start_order_writers_before_readers():
+    after = {name: set(words(parse_unit(SYSTEMD / name), "Unit", "After")) for name in PROCESS_UNITS}
+    ingest = {"shm-vla-ingest-camera@%i.service", "shm-vla-ingest-robot@%i.service",
+              "shm-vla-ingest-sensor@%i.service"}
+    assert ingest <= after["shm-vla-vl@.service"]
+    assert ingest | {"shm-vla-vl@%i.service"} <= after["shm-vla-act@.service"]
+    assert "shm-vla-act@%i.service" in after["shm-vla-record@.service"]
+    for gpu in ("shm-vla-vl@.service", "shm-vla-act@.service"):
+        assert "shm-vla-mps@%i.service" in after[gpu]  # ordering only: MPS stays optional
+        assert "Wants" not in parse_unit(SYSTEMD / gpu)["Unit"]
+
+
+def test_action_unit_real_time_settings():
+    service = parse_unit(SYSTEMD / "shm-vla-act@.service")["Service"]
+    assert service["CPUSchedulingPolicy"] == ["fifo"]
+    prio = int(service["CPUSchedulingPriority"][0])
+    assert 1 <= prio < 50 and service["LimitRTPRIO"] == [str(prio)]
+    assert service["LimitMEMLOCK"] == ["infinity"]
+    assert service["CPUSchedulingResetOnFork"] == ["yes"]
+
+
+def test_mps_unit_is_optional_and_shares_the_pipe_directory():
+    mps = parse_unit(SYSTEMD / "shm-vla-mps@.service")
+    assert mps["Install"]["WantedBy"] == ["shm-vla@%i.service"]  # only when enabled
+    assert mps["Service"]["User"] == ["shm-vla"]  # an MPS server serves its own user only
+    pipe = [w for w in words(mps, "Service", "Environment") if w.startswith("CUDA_MPS_PIPE_DIRECTORY=")]
+    for gpu in ("shm-vla-vl@.service", "shm-vla-act@.service"):
+        env = words(parse_unit(SYSTEMD / gpu), "Service", "Environment")
+        assert pipe and pipe[0] in env
+        assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in env
+        assert not any(w.startswith("CUDA_VISIBLE_DEVICES") for w in env)  # device: config only
+
+
+# --------------------------------------------------------------------------- example configs
+@pytest.mark.parametrize("name", ["flow", "regression"])
+def test_example_config_loads(name):
+    cfg = config.load(name, SYSTEMD / f"{name}.toml")
+    assert cfg.instance == name
+    assert Path(cfg.model.checkpoint).name.startswith(name)
+    assert cfg.model.vl_device.startswith("cuda") and cfg.model.act_device.startswith("cuda")
+    assert cfg.shm.group == "shm-vla"
+    assert cfg.record.out_dir.startswith("/var/lib/shm-vla/")  # the units' StateDirectory
+
+
+def test_example_configs_reject_a_typo(tmp_path):
+    """The load test can fail: an unknown key in an example is a ConfigError."""
+    bad = tmp_path / "flow.toml"
+    bad.write_text((SYSTEMD / "flow.toml").read_text().replace("vl_reuse", "vl_reuses"))
+    with pytest.raises(config.ConfigError, match="vl_reuses"):
+        config.load("flow", bad)
+

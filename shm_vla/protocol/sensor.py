@@ -47,14 +47,12 @@ def parse_datagram(buf, nbytes: int, dtype: np.dtype = SENSOR_RECORD_DTYPE) -> n
     Raises ProtocolError('length') for a truncated or oversized datagram and
     ProtocolError('count') for N == 0 or an N that disagrees with the length.
     """
-    if nbytes < COUNT_BYTES + dtype.itemsize:
-        raise ProtocolError("length", f"{nbytes} bytes is shorter than one record")
-    body_bytes = nbytes - COUNT_BYTES
-    if body_bytes % dtype.itemsize:
+    if nbytes < COUNT_BYTES or (nbytes - COUNT_BYTES) % dtype.itemsize:
         raise ProtocolError("length", f"{nbytes} bytes is not 4 + N x {dtype.itemsize}")
     (count,) = _COUNT.unpack_from(buf, 0)
-    if count != body_bytes // dtype.itemsize:
-        raise ProtocolError("count", f"header says {count} records, length holds {body_bytes // dtype.itemsize}")
+    held = (nbytes - COUNT_BYTES) // dtype.itemsize
+    if count == 0 or count != held:
+        raise ProtocolError("count", f"header says {count} records, the length holds {held}")
     return np.frombuffer(buf, dtype=dtype, count=count, offset=COUNT_BYTES)
 
 

@@ -53,7 +53,7 @@ class CameraConfig:
         "41182735": "View1", "49429257": "View2", "44377151": "View3", "49045152": "View4"})
     oak_view: str = "View5"
     ring_depth: int = 16               # frames per view (3.2 s at 5 Hz)
-    jpeg_max_bytes: int = 1 << 20      # a received JPEG larger than this is rejected
+    jpeg_max_bytes: int = 512 << 10    # a received JPEG larger than this is rejected (640x360 q75: ~40 KB)
     decode_workers: int = 2            # decode threads (libjpeg-turbo releases the GIL)
     channel_order: str = "RGB"         # order written to the rings; what the model expects
 

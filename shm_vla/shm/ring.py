@@ -197,6 +197,18 @@ class Ring:
         self.futex.post()
         return record
 
+    def abort(self) -> None:
+        """Give up the slot opened by begin() (e.g. a JPEG that failed to decode into it).
+
+        The slot's old record is invalidated, since its payload may be half overwritten;
+        it was outside every reader's reach (older than depth - 1) anyway.
+        """
+        slot = self._writing
+        self.meta["record"][slot] = -1
+        fence()
+        self.seqs[slot] = self.seqs[slot] + 1
+        self._writing = -1
+
     def write(self, payload, **meta) -> int:
         np.copyto(self.begin(), payload, casting="same_kind")
         return self.commit(**meta)

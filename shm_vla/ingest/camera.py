@@ -1,0 +1,198 @@
+"""`shm-vla ingest camera`: ZeroMQ PULL of [JSON meta, JPEG] -> view1..5 and jpeg1..5 rings.
+
+Receipt never waits for decoding. The receive thread parses the small metadata frame,
+maps the camera to a view and hands the message to that view's decoder as its *pending*
+frame; a newer frame for the same view replaces a pending one (the older is dropped and
+counted), so a burst or flood never queues stale frames and memory stays bounded.
+Decoder threads (libjpeg-turbo releases the GIL) own fixed views, so each ring keeps a
+single writer, and decode straight into the ring slot. The received JPEG bytes go to the
+view's jpeg ring (for recording without re-encoding) after a successful decode.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from ..protocol import camera as proto
+from ..protocol.errors import ProtocolError
+from ..process import Runtime
+from ..streams import N_VIEWS, Streams
+from .clock import ClockOffset
+from .meter import IngestMeter
+
+POLL_TIMEOUT_MS = 100
+DRAIN_MAX = 64
+WORKER_WAIT_S = 0.1
+
+
+class PendingFrame:
+    __slots__ = ("camera", "capture_ts", "jpeg", "recv_mono_ns", "recv_wall_ns")
+
+    def __init__(self, camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns):
+        self.camera, self.capture_ts, self.jpeg = camera, capture_ts, jpeg
+        self.recv_mono_ns, self.recv_wall_ns = recv_mono_ns, recv_wall_ns
+
+
+class DecodeWorker(threading.Thread):
+    """Decodes the newest pending frame of each of its views into that view's rings."""
+
+    def __init__(self, ingest: "CameraIngest", views: list[int]):
+        super().__init__(name=f"decode-{views}", daemon=True)
+        self.ingest = ingest
+        self.views = views
+        self.cond = threading.Condition()
+        self.pending: dict[int, PendingFrame] = {}
+        self.running = True
+
+    def offer(self, view: int, frame: PendingFrame) -> bool:
+        """Hand a frame over; returns True if it replaced an undecoded one (a drop)."""
+        with self.cond:
+            replaced = view in self.pending
+            self.pending[view] = frame
+            self.cond.notify()
+        return replaced
+
+    def stop(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                if not self.pending and self.running:
+                    self.cond.wait(WORKER_WAIT_S)
+                if not self.running:
+                    return
+                work = list(self.pending.items())
+                self.pending.clear()
+            for view, frame in work:
+                self.ingest.decode(view, frame)
+
+
+class CameraIngest:
+    def __init__(self, rt: Runtime, view_rings, jpeg_rings):
+        cam = rt.cfg.camera
+        self.rt = rt
+        self.view_rings = view_rings
+        self.jpeg_rings = jpeg_rings
+        self.mapper = proto.CameraMapper(cam)
+        self.decoder_cfg = cam
+        self.clock = ClockOffset(warmup=10)
+        self.meter = IngestMeter(rt.stats)
+        self.ignored = rt.stats.counter("ignored_right_images")
+        self.superseded = rt.stats.counter("superseded_frames")
+        self.resized = rt.stats.counter("resized_frames")
+        self.view_frames = [rt.stats.counter(f"frames.view{i + 1}") for i in range(N_VIEWS)]
+        self.lock = threading.Lock()       # guards the meter and error counters across threads
+        n_workers = max(1, min(cam.decode_workers, N_VIEWS))
+        self.workers = [DecodeWorker(self, [v for v in range(N_VIEWS) if v % n_workers == w])
+                        for w in range(n_workers)]
+        self.decoders = {v: proto.JpegDecoder.from_config(cam) for v in range(N_VIEWS)}
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.start()
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            w.join(timeout=2.0)
+
+    def _error(self, kind: str, detail: str) -> None:
+        with self.lock:
+            self.rt.error(kind, detail)
+
+    def receive(self, frames, recv_mono_ns: int, recv_wall_ns: int) -> None:
+        """Receive thread: validate the metadata, route the frame to its view's decoder."""
+        with self.lock:
+            self.meter.message(sum(len(f) for f in frames))
+        try:
+            camera, capture_ts, jpeg = proto.parse_camera(frames)
+            view = self.mapper.view_index(camera)
+        except ProtocolError as exc:
+            self._error(exc.kind, str(exc))
+            return
+        if view is None:
+            self.ignored.inc()
+            return
+        if len(jpeg) > self.decoder_cfg.jpeg_max_bytes:
+            self._error("jpeg_size", f"{len(jpeg)} bytes from {camera[:32]}")
+            return
+        frame = PendingFrame(camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns)
+        if self.workers[view % len(self.workers)].offer(view, frame):
+            self.superseded.inc()
+            with self.lock:
+                self.meter.drops.inc()
+
+    def decode(self, view: int, frame: PendingFrame) -> None:
+        """Decoder thread: decode into the ring slot, publish frame and JPEG bytes."""
+        ring, decoder = self.view_rings[view], self.decoders[view]
+        resized_before = decoder.resized
+        slot = ring.begin()
+        try:
+            decoder.decode_into(frame.jpeg, slot)
+        except ProtocolError as exc:
+            ring.abort()
+            self._error(exc.kind, f"{exc} from {frame.camera[:32]}")
+            return
+        if decoder.resized != resized_before:
+            self.resized.inc()
+        label = frame.camera.encode()[:16]
+        with self.lock:
+            self.clock.update(frame.recv_wall_ns * 1e-9, frame.capture_ts)
+            offset = self.clock.offset_s
+        ring.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                    recv_wall_ns=frame.recv_wall_ns, aux=offset, label=label)
+        jpeg = self.jpeg_rings[view]
+        nbytes = len(frame.jpeg)
+        np.copyto(jpeg.begin()[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
+        jpeg.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                    recv_wall_ns=frame.recv_wall_ns, aux=float(nbytes), label=label)
+        self.view_frames[view].inc()
+        with self.lock:
+            self.meter.stored(1, frame.capture_ts, self.clock.latency_s(frame.recv_wall_ns * 1e-9, frame.capture_ts))
+
+
+def open_socket(ctx: zmq.Context, address: str, rcvhwm: int) -> zmq.Socket:
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, rcvhwm)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(address)
+    return pull
+
+
+def run(rt: Runtime) -> int:
+    cfg = rt.cfg
+    streams = Streams(cfg)
+    view_rings = [streams.create_view(i) for i in range(N_VIEWS)]
+    jpeg_rings = [streams.create_jpeg(i) for i in range(N_VIEWS)]
+    ingest = CameraIngest(rt, view_rings, jpeg_rings)
+    pull = open_socket(zmq.Context.instance(), cfg.camera.bind, cfg.camera.rcvhwm)
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    ingest.start()
+    rt.ready(f"camera PULL {cfg.camera.bind}")
+    try:
+        while rt.running:
+            rt.housekeeping()
+            with ingest.lock:
+                ingest.meter.periodic(time.monotonic_ns(), ingest.clock.offset_s if ingest.clock.ready else None)
+            if not poller.poll(POLL_TIMEOUT_MS):
+                continue
+            for _ in range(DRAIN_MAX):
+                try:
+                    frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                ingest.receive([f.buffer for f in frames], time.monotonic_ns(), time.time_ns())
+    finally:
+        ingest.stop()
+        pull.close(0)
+        for ring in view_rings + jpeg_rings:
+            ring.close()
+    return 0

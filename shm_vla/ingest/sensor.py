@@ -1,0 +1,138 @@
+"""`shm-vla ingest sensor`: UDP force + OCT datagrams -> the `sensor` ring.
+
+One wake-up drains up to `batch_max_datagrams` datagrams. Each datagram is parsed as a
+zero-copy structured view of the receive buffer, checked for NaN/Inf (vectorised), and
+each record is written into its ring slot in model order (force first or last).
+Kernel-side drops (receive buffer overflow) are read from SO_RXQ_OVFL.
+"""
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+
+import numpy as np
+
+from ..protocol import sensor as proto
+from ..protocol.errors import ProtocolError
+from ..process import Runtime
+from ..streams import Streams
+from .clock import ClockOffset
+from .meter import IngestMeter
+
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+POLL_TIMEOUT_MS = 100
+_ANC_BYTES = socket.CMSG_SPACE(4)
+
+
+def open_socket(bind: str, rcvbuf_bytes: int) -> socket.socket:
+    host, _, port = bind.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    sock.bind((host, int(port)))
+    sock.setblocking(False)
+    return sock
+
+
+class SensorIngest:
+    """The library part: datagram bytes -> ring records. Testable without sockets."""
+
+    def __init__(self, rt: Runtime, ring):
+        cfg = rt.cfg.sensor
+        self.rt = rt
+        self.ring = ring
+        self.dtype = proto.record_dtype(cfg.ascan_len)
+        self.keep_nonfinite = cfg.nonfinite_policy == "keep"
+        width = cfg.ascan_len + 1
+        self.force_col = proto.force_column(cfg.force_position, width)
+        self.ascan_cols = proto.ascan_columns(cfg.force_position, width)
+        self.clock = ClockOffset(cfg.clock_offset_warmup)
+        self.meter = IngestMeter(rt.stats)
+        self.nonfinite = rt.stats.counter("nonfinite_records")
+        self.sender_restarts = rt.stats.counter("sender_restarts")
+        self.kernel_drops = rt.stats.counter("kernel_drops")
+        self._mask = np.empty(proto.max_records(self.dtype), bool)
+        self._kernel_drops_seen = 0
+
+    def handle(self, buf, nbytes: int, recv_mono_ns: int, recv_wall_ns: int) -> int:
+        """Parse one datagram and store its records; returns records stored."""
+        self.meter.message(nbytes)
+        try:
+            records = proto.parse_datagram(buf, nbytes, self.dtype)
+        except ProtocolError as exc:
+            self.rt.error(exc.kind, str(exc))
+            return 0
+        n = len(records)
+        mask = proto.finite_mask(records, out=self._mask[:n])
+        bad = n - int(mask.sum())
+        if bad:
+            self.nonfinite.inc(bad)
+            self.rt.error("nonfinite", f"{bad} record(s) with NaN/Inf ({'kept' if self.keep_nonfinite else 'dropped'})")
+            if not self.keep_nonfinite:
+                self.meter.drops.inc(bad)
+        recv_s = recv_wall_ns * 1e-9
+        send_last = float(records["send_timestamp"][-1])
+        if np.isfinite(send_last) and not self.clock.update(recv_s, send_last):
+            self.sender_restarts.inc()
+            self.rt.rlog.warning("restart", "sensor timestamps went backwards: sender restart? re-estimating clock offset")
+        stored = 0
+        ts, sts = records["timestamp"], records["send_timestamp"]
+        force, ascan = records["force"], records["ascan"]
+        for i in range(n):
+            if not (mask[i] or self.keep_nonfinite):
+                continue
+            slot = self.ring.begin()
+            slot[self.force_col] = force[i]
+            slot[self.ascan_cols] = ascan[i]
+            t = float(ts[i])
+            self.ring.commit(src_ts=t, send_ts=float(sts[i]), recv_mono_ns=recv_mono_ns,
+                             recv_wall_ns=recv_wall_ns, aux=self.clock.to_local(t))
+            stored += 1
+        if stored:
+            self.meter.stored(stored, float(ts[n - 1]), self.clock.latency_s(recv_s, send_last))
+        return stored
+
+    def note_kernel_drops(self, ancdata) -> None:
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+                total = struct.unpack_from("I", data)[0]
+                if total > self._kernel_drops_seen:
+                    self.kernel_drops.inc(total - self._kernel_drops_seen)
+                    self.meter.drops.inc(total - self._kernel_drops_seen)
+                    self._kernel_drops_seen = total
+
+
+def run(rt: Runtime) -> int:
+    cfg = rt.cfg.sensor
+    ring = Streams(rt.cfg).create_sensor()
+    ingest = SensorIngest(rt, ring)
+    sock = open_socket(cfg.bind, cfg.rcvbuf_bytes)
+    buf = bytearray(proto.DATAGRAM_MAX_BYTES + 1)   # one spare byte tells an oversized datagram
+    bufs = [buf]
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    rt.ready(f"sensor UDP on {cfg.bind}")
+    try:
+        while rt.running:
+            rt.housekeeping()
+            now = time.monotonic_ns()
+            ingest.meter.periodic(now, ingest.clock.offset_s if ingest.clock.ready else None)
+            if not poller.poll(POLL_TIMEOUT_MS):
+                continue
+            for _ in range(cfg.batch_max_datagrams):
+                try:
+                    nbytes, ancdata, flags, _ = sock.recvmsg_into(bufs, _ANC_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                recv_mono, recv_wall = time.monotonic_ns(), time.time_ns()
+                ingest.note_kernel_drops(ancdata)
+                if flags & socket.MSG_TRUNC or nbytes > proto.DATAGRAM_MAX_BYTES:
+                    rt.error("length", "oversized datagram")
+                    continue
+                ingest.handle(buf, nbytes, recv_mono, recv_wall)
+    finally:
+        sock.close()
+        ring.close()
+    return 0

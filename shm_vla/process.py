@@ -1,0 +1,73 @@
+"""What every pipeline process shares: config, logging, stats segment, signals, sd_notify.
+
+A process builds a Runtime, attaches/creates its segments, warms up, calls `ready()`, then
+loops while `runtime.running`, calling `housekeeping()` once per iteration (heartbeat and
+watchdog, both cheap). SIGINT/SIGTERM only set a flag: the loop ends at its next wake-up
+(every wait in a loop has a timeout) and the process closes its files in order.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+
+from . import config as configmod
+from . import logutil
+from .sdnotify import Notifier
+from .shm.stats import Stats
+
+HEARTBEAT_PERIOD_NS = 50_000_000
+
+
+class Runtime:
+    def __init__(self, cfg: configmod.Config, process: str):
+        self.cfg = cfg
+        self.process = process
+        self.log = logutil.setup(process)
+        self.rlog = logutil.RateLimitedLog(self.log)
+        self.stats = Stats.create(cfg.instance, process, prefix=cfg.shm.prefix, group=cfg.shm.group)
+        self.notifier = Notifier()
+        self.running = True
+        self._last_beat_ns = 0
+        self._errors: dict[str, object] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.running = False
+
+    def error(self, kind: str, detail: str = "") -> None:
+        """Count an input error by kind and log it at a bounded rate."""
+        counter = self._errors.get(kind)
+        if counter is None:
+            counter = self._errors[kind] = self.stats.counter(f"errors.{kind}")
+        counter.inc()
+        self.rlog.warning(kind, "input error %s: %s", kind, detail)
+
+    def ready(self, status: str = "") -> None:
+        self.stats.set_state("up")
+        self.notifier.ready(status or f"{self.process} up")
+        self.log.info("ready%s", f": {status}" if status else "")
+
+    def housekeeping(self) -> None:
+        now = time.monotonic_ns()
+        if now - self._last_beat_ns >= HEARTBEAT_PERIOD_NS:
+            self._last_beat_ns = now
+            self.stats.heartbeat()
+            self.notifier.watchdog()
+
+    def close(self) -> None:
+        self.notifier.stopping()
+        self.stats.set_state("stopped")
+        self.stats.close()
+        self.notifier.close()
+
+
+def parse_args(prog: str, argv: list[str], extra=None) -> tuple[argparse.Namespace, configmod.Config]:
+    """Standard flags (--instance, --config, --set) plus a command's own."""
+    parser = argparse.ArgumentParser(prog=prog)
+    configmod.add_arguments(parser)
+    if extra:
+        extra(parser)
+    args = parser.parse_args(argv)
+    return args, configmod.from_args(args)

@@ -1,0 +1,155 @@
+"""The rings of one pipeline instance: names, record types and depths, all from config.
+
+Writers create, readers attach, both through these functions, so the two sides can
+never disagree on a layout (and if an old segment does, attach fails with a clear error).
+
+    view1..view5   uint8 (H, W, 3) decoded frames; meta src_ts = capture time (sender clock),
+                   label = camera name, aux = sender clock offset estimate (s)
+    jpeg1..jpeg5   uint8 (jpeg_max_bytes,) the received JPEG bytes; aux = length
+    robot          float32 (12,) joints then pose; aux = force placeholder
+    sensor         float32 (ascan_len + 1,) in model order (force first or last);
+                   aux = src_ts corrected to our wall clock (s)
+    vl_feature     VL_DTYPE(vl_dim) one record per VL update
+    results        results_dtype(H, A) one record per action tick
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Config
+from .shm.ring import Ring
+
+N_VIEWS = 5
+ROBOT_DIMS = 12
+DP_DIMS = 6
+
+# Why a tick withheld its command (results.held; 0 = command sent).
+HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", "no_sensor", "no_robot",
+                "nonfinite_output", "nonfinite_input", "read_error", "not_started")
+
+
+def view_stream(i: int) -> str:
+    return f"view{i + 1}"
+
+
+def jpeg_stream(i: int) -> str:
+    return f"jpeg{i + 1}"
+
+
+def vl_dtype(vl_dim: int) -> np.dtype:
+    return np.dtype([
+        ("feature", "<f4", (vl_dim,)),
+        ("update", "<i8"),                      # 1, 2, ... per VL process lifetime
+        ("encode_ms", "<f8"),
+        ("capture_ts", "<f8", (N_VIEWS,)),      # each view's capture time, sender clock (s)
+        ("frame_recv_mono_ns", "<i8", (N_VIEWS,)),
+        ("frame_record", "<i8", (N_VIEWS,)),    # record numbers in view1..5: never encode a set twice
+        ("skew_ms", "<f8"),                     # newest minus oldest capture time
+    ])
+
+
+def results_dtype(horizon: int, action_dim: int) -> np.dtype:
+    return np.dtype([
+        ("action_id", "<i8"),
+        ("timestamp", "<f8"),                   # wall clock at the tick (s)
+        ("tick_mono_ns", "<i8"),
+        ("actions", "<f4", (horizon, action_dim)),
+        ("delta", "<f4", (horizon, action_dim)),
+        ("has_delta", "u1"),
+        ("held", "u1"),                         # index into HOLD_REASONS; 0 = sent
+        ("sent", "u1"),                         # the command went out on the socket
+        ("clamped", "u1"),
+        ("dp", "<f4", (DP_DIMS,)),              # the command (after the clamp)
+        ("vl_update_number", "<i8"),
+        ("vl_update_time_ms", "<f8"),           # encode time of the feature used
+        ("sensor_encoding_ms", "<f8"),
+        ("robot_encoding_ms", "<f8"),
+        ("action_prediction_ms", "<f8"),
+        ("total_ms", "<f8"),
+        ("tick_lateness_ms", "<f8"),
+        ("sensor_age_ms", "<f8"),
+        ("robot_age_ms", "<f8"),
+        ("vl_age_ms", "<f8"),
+        ("frame_age_ms", "<f8"),
+        ("view_skew_ms", "<f8"),
+        ("sensor_buffer_size", "<i4"),
+        ("robot_buffer_size", "<i4"),
+        ("robot_state", "<f4", (ROBOT_DIMS,)),
+        ("robot_ts", "<f8"),                    # origin timestamp of that robot sample
+    ])
+
+
+
+class Streams:
+    """Factory for an instance's rings."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.instance = cfg.instance
+        self.prefix = cfg.shm.prefix
+        self.group = cfg.shm.group
+
+    def _create(self, stream, dtype, shape, depth, extras=None) -> Ring:
+        return Ring.create(self.instance, stream, dtype, shape, depth, prefix=self.prefix,
+                           group=self.group, extras=extras)
+
+    def _attach(self, stream, dtype, shape) -> Ring:
+        return Ring.attach(self.instance, stream, dtype, shape, prefix=self.prefix)
+
+    # camera
+    def frame_shape(self) -> tuple:
+        return (self.cfg.camera.height, self.cfg.camera.width, 3)
+
+    def create_view(self, i: int) -> Ring:
+        return self._create(view_stream(i), np.uint8, self.frame_shape(), self.cfg.camera.ring_depth,
+                            {"channel_order": self.cfg.camera.channel_order, "view": self.cfg.camera.views[i]})
+
+    def attach_view(self, i: int) -> Ring:
+        ring = self._attach(view_stream(i), np.uint8, self.frame_shape())
+        order = ring.layout.get("extras", {}).get("channel_order")
+        if order != self.cfg.camera.channel_order:
+            raise ValueError(f"{ring.name}: frames are {order}, config camera.channel_order is "
+                             f"{self.cfg.camera.channel_order}")
+        return ring
+
+    def create_jpeg(self, i: int) -> Ring:
+        return self._create(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,), self.cfg.camera.ring_depth)
+
+    def attach_jpeg(self, i: int) -> Ring:
+        return self._attach(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,))
+
+    # robot, sensor
+    def create_robot(self) -> Ring:
+        return self._create("robot", np.float32, (ROBOT_DIMS,), self.cfg.robot.ring_depth)
+
+    def attach_robot(self) -> Ring:
+        return self._attach("robot", np.float32, (ROBOT_DIMS,))
+
+    def create_sensor(self) -> Ring:
+        return self._create("sensor", np.float32, (self.cfg.sensor_channels,), self.cfg.sensor.ring_depth,
+                            {"force_position": self.cfg.sensor.force_position})
+
+    def attach_sensor(self) -> Ring:
+        ring = self._attach("sensor", np.float32, (self.cfg.sensor_channels,))
+        order = ring.layout.get("extras", {}).get("force_position")
+        if order != self.cfg.sensor.force_position:
+            raise ValueError(f"{ring.name}: force is {order} in the ring, config sensor.force_position is "
+                             f"{self.cfg.sensor.force_position}")
+        return ring
+
+    # model outputs
+    def create_vl(self, vl_dim: int) -> Ring:
+        return self._create("vl_feature", vl_dtype(vl_dim), (), 64)
+
+    def attach_vl(self, vl_dim: int) -> Ring:
+        return self._attach("vl_feature", vl_dtype(vl_dim), ())
+
+    def create_results(self, horizon: int, action_dim: int) -> Ring:
+        return self._create("results", results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
+
+    def attach_results(self) -> Ring:
+        """The recorder does not know H and A: take them from the segment, checking the kind."""
+        ring = Ring.attach(self.instance, "results", prefix=self.prefix)
+        if ring.dtype.names is None or "actions" not in ring.dtype.names:
+            raise ValueError(f"{ring.name}: not a results ring")
+        return ring

@@ -148,4 +148,4 @@ fi
 
 say "units run $BIN"
 say "next: put the checkpoint in $STATE_DIR/checkpoints, edit $CONF_DIR/flow.toml, then"
-say "      systemctl enable --now shm-vla@flow && journalctl -f -u 'shm-vla*@flow'"
+say "      systemctl enable --now shm-vla@flow && journalctl -f -u 'shm-vla*@flow.service'"

@@ -76,7 +76,7 @@ def _iter_json_lines(path: Path, warnings: list[str]) -> Iterator[Any]:
                 continue
             try:
                 yield json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):   # RecursionError: absurdly deep nesting
                 bad_lines.append(line_no)
                 last_bad = True
     if bad_lines:
@@ -101,7 +101,7 @@ def _iter_json_list(path: Path, warnings: list[str]) -> Iterator[Any]:
             return
         try:
             obj, pos = decoder.raw_decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):
             warnings.append(f"JSON list invalid at character {pos} (truncated?); read the records before it")
             return
         yield obj
@@ -193,16 +193,16 @@ class _ColumnBuilder:
 
 def load_session(path: Path) -> Session:
     """Read PATH; InputError when nothing valid is in it."""
-    timings_file, notes = find_timings_file(path)
-    fmt = _detect_format(timings_file)
-    warnings = list(notes)
-    builder = _ColumnBuilder()
-    reader = _iter_json_list if fmt == "json-list" else _iter_json_lines
     try:
+        timings_file, notes = find_timings_file(path)
+        fmt = _detect_format(timings_file)
+        warnings = list(notes)
+        builder = _ColumnBuilder()
+        reader = _iter_json_list if fmt == "json-list" else _iter_json_lines
         for record in reader(timings_file, warnings):
             builder.add(record)
-    except OSError as exc:
-        raise InputError(f"{timings_file}: cannot read: {exc.strerror or exc}") from None
+    except OSError as exc:   # unreadable file or folder, a device, permissions
+        raise InputError(f"{exc.filename or path}: cannot read: {exc.strerror or exc}") from None
     warnings += builder.notes()
     if builder.records == 0:
         detail = ("; " + "; ".join(warnings)) if warnings else ""

@@ -91,6 +91,10 @@ def test_install_into_destdir(root):
         conf = root / "etc/shm-vla" / name
         assert conf.read_text() == (SYSTEMD / name).read_text()
         assert conf.stat().st_mode & 0o777 == 0o640  # not world-readable
+    # Documentation= in every unit points at the installed copy of docs/DEPLOYMENT.md.
+    doc = root / "usr/local/share/doc/shm-vla/DEPLOYMENT.md"
+    assert doc.read_text() == (REPO / "docs/DEPLOYMENT.md").read_text()
+    assert f"Documentation=file:///{doc.relative_to(root)}" in (units / UMBRELLA).read_text()
 
 
 def test_install_never_overwrites_configs(tmp_path):
@@ -106,12 +110,16 @@ def test_install_never_overwrites_configs(tmp_path):
     assert unit.read_text().startswith("# shm-vla-act@.service")  # units are ours: replaced
 
 
-@pytest.mark.parametrize("bad", ["relative/shm-vla", "/nonexistent/bin/shm-vla", "/tmp/a b/shm-vla",
-                                 "/opt/100%/shm-vla"])
-def test_install_rejects_bad_executable(tmp_path, bad):
+@pytest.mark.parametrize("bad, why", [
+    ("relative/shm-vla", "must be absolute"),
+    ("/nonexistent/bin/shm-vla", "no executable shm-vla"),
+    ("/tmp/a b/shm-vla", "unsupported character"),      # would split ExecStart=
+    ("/opt/100%/shm-vla", "unsupported character"),     # a systemd specifier
+])
+def test_install_rejects_bad_executable(tmp_path, bad, why):
     result = run_install(tmp_path / "d", "--bin", bad)
     assert result.returncode != 0
-    assert "install.sh:" in result.stderr
+    assert why in result.stderr
     assert not (tmp_path / "d/etc/systemd/system").exists()
 
 

@@ -142,7 +142,7 @@ class CameraIngest:
             return
         if decoder.resized != resized_before:
             self.resized.inc()
-        label = frame.camera.encode()[:16]
+        label = frame.camera.encode()[:48]
         with self.lock:
             self.clock.update(frame.recv_wall_ns * 1e-9, frame.capture_ts)
             offset = self.clock.offset_s

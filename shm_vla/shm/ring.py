@@ -3,7 +3,7 @@
 Data area layout (after the 4 KiB segment header):
 
     control   128 B : head (u64, records published so far) | futex word (u32)
-    slot[i]   stride: seqlock u64 + pad (64 B) | meta (64 B) | payload (record dtype x shape)
+    slot[i]   stride: seqlock u64 + pad (64 B) | meta (96 B) | payload (record dtype x shape)
 
 Record number r lives in slot r % depth. The single writer fills slot `head % depth`
 (sequence odd while it writes, even when done) and then publishes by incrementing head.
@@ -31,9 +31,9 @@ META_DTYPE = np.dtype([
     ("recv_mono_ns", "<i8"),  # our CLOCK_MONOTONIC at receipt
     ("recv_wall_ns", "<i8"),  # our wall clock at receipt
     ("aux", "<f8"),           # per-stream extra (e.g. JPEG length, force placeholder)
-    ("label", "S16"),         # per-stream text (e.g. camera name, truncated)
+    ("label", "S48"),         # per-stream text (e.g. camera name, truncated)
 ])
-assert META_DTYPE.itemsize == 64
+assert META_DTYPE.itemsize == 96
 CONTROL_BYTES = 128
 SEQ_BYTES = 64
 ALIGN = 64

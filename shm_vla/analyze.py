@@ -22,7 +22,7 @@ import numpy as np
 
 from shm_vla.workers.session_stats import (
     ACTION_FIELDS, FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, STAGE_FIELDS, VL_FIELDS,
-    VlUpdateFilter, is_action_record, number,
+    VL_OPTIONAL_FIELDS, VlUpdateFilter, is_action_record, number,
 )
 
 SCHEMA_VERSION = 1
@@ -35,7 +35,7 @@ EXIT_OK, EXIT_NOTHING_VALID, EXIT_USAGE = 0, 1, 2
 _ACTION_COLUMNS = ("timestamp", "action_id", LATENESS_FIELD) + tuple(
     f for name, f in STAGE_FIELDS.items() if name != "vl_encoding") + tuple(FRESHNESS_FIELDS.values())
 _OPTIONAL_FIELDS = (LATENESS_FIELD, HELD_FIELD) + tuple(FRESHNESS_FIELDS.values())
-_KNOWN_FIELDS = frozenset(ACTION_FIELDS) | frozenset(VL_FIELDS)
+_KNOWN_FIELDS = frozenset(ACTION_FIELDS + VL_FIELDS + VL_OPTIONAL_FIELDS)
 MAX_UNKNOWN_FIELDS = 20
 
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from shm_vla.workers.session_stats import ACTION_FIELDS, VL_FIELDS, SessionSummary
+from shm_vla.workers.session_stats import ACTION_FIELDS, VL_FIELDS, VL_OPTIONAL_FIELDS, SessionSummary
 
 SESSION_PREFIX = "async_inference_"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
@@ -427,13 +427,14 @@ class SessionWriter:
         self._write_timing_line(record, ACTION_FIELDS)
 
     def write_vl_update(self, record: dict) -> None:
-        """One VL update record: timestamp, vl_update_number, vl_update_time (> 0 ms), extras."""
+        """One VL update record: timestamp, vl_update_number, vl_update_time (> 0 ms), then
+        optionally view_skew_ms and capture_timestamps (one wall-clock s per view), extras."""
         missing = [name for name in VL_FIELDS if name not in record]
         if missing:
             raise KeyError(f"VL update record lacks {', '.join(missing)}")
         if not (isinstance(record["vl_update_time"], (int, float)) and record["vl_update_time"] > 0):
             raise ValueError(f"VL update record needs vl_update_time > 0, got {record['vl_update_time']!r}")
-        self._write_timing_line(record, VL_FIELDS)
+        self._write_timing_line(record, VL_FIELDS + VL_OPTIONAL_FIELDS)
 
     def _write_timing_line(self, record: dict, fields: tuple) -> None:
         clean = to_jsonable(_ordered(record, fields))

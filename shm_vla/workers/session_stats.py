@@ -27,7 +27,8 @@ ADDED_ACTION_FIELDS = (
     "view_skew_ms", "held",
 )
 ACTION_FIELDS = DEPLOYED_ACTION_FIELDS + ADDED_ACTION_FIELDS
-VL_FIELDS = ("timestamp", "vl_update_number", "vl_update_time")
+VL_FIELDS = ("timestamp", "vl_update_number", "vl_update_time")   # required in a VL update record
+VL_OPTIONAL_FIELDS = ("view_skew_ms", "capture_timestamps")       # known, written after the above
 
 # Stage name -> field holding its time in ms (the analyzer prints them in this order).
 STAGE_FIELDS = {

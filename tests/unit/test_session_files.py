@@ -80,12 +80,13 @@ def test_generated_stamp_is_local_time_and_unique(tmp_path):
 
 def test_timings_are_json_lines_with_deployed_field_order(tmp_path):
     with SessionWriter(tmp_path, stamp=STAMP) as writer:
-        writer.write_vl_update(vl_record(1))
+        writer.write_vl_update(dict(reversed(vl_record(1).items())))
         for i in range(5):
-            writer.write_timing(action_record(i, extra_field="kept"))
+            writer.write_timing(dict(reversed(action_record(i, extra_field="kept").items())))
     lines = read_lines(writer.paths.timings)
     assert len(lines) == 6
-    assert lines[0]["vl_update_time"] == 40.0 and "action_id" not in lines[0]
+    assert list(lines[0]) == ["timestamp", "vl_update_number", "vl_update_time", "view_skew_ms"]
+    assert "action_id" not in lines[0]
     assert list(lines[1])[:len(ACTION_FIELDS)] == list(ACTION_FIELDS)
     assert lines[1]["extra_field"] == "kept"
     assert [line["held"] for line in lines[1:]] == [None] * 5
@@ -257,6 +258,7 @@ def test_crash_without_close_then_recover(tmp_path):
         f.write("1.0,2.0")
     with open(paths.sensor_parts / "alines.bin", "ab") as f:
         f.write(b"\0" * 100)
+    (paths.root / "View1" / "cam_1.000.jpg.tmp").write_bytes(b"\xff\xd8half")
     assert not paths.results_json.exists() and not paths.sensor_npz.exists()
 
     report = recover(paths.root)
@@ -271,6 +273,7 @@ def test_crash_without_close_then_recover(tmp_path):
     summary = json.loads(paths.summary.read_text())
     assert summary["total_actions"] == 12 and summary["recorder"]["results_written"] == 12
     assert report["summary_written"] and report["sensor_records"] == 4
+    assert report["removed_tmp"] == 1 and list((paths.root / "View1").iterdir()) == []
 
 
 def test_recover_before_anything_flushed_and_twice(tmp_path):

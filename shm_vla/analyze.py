@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from array import array
 from collections import Counter
@@ -478,6 +479,17 @@ def _parse_args(argv: list[str]) -> argparse.Namespace | int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
 
 
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (`| head`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the pipe again when flushing stdout at exit: point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _error(message: str) -> None:
     print(f"shm-vla analyze: {message}", file=sys.stderr)
 
@@ -501,9 +513,9 @@ def main(argv: list[str] | None = None) -> int:
             code = EXIT_NOTHING_VALID
     if other is not None:
         result = compare(report, other)
-        print(json.dumps(result, indent=2) if args.json else render_compare(result))
+        _print(json.dumps(result, indent=2) if args.json else render_compare(result))
     else:
-        print(json.dumps(report, indent=2) if args.json else render_text(report))
+        _print(json.dumps(report, indent=2) if args.json else render_text(report))
     if args.plot is not None:
         code = max(code, _write_plot(session, report, args.plot, quiet=args.json))
     return code
@@ -519,7 +531,7 @@ def _write_plot(session: Session, report: dict, out_path: Path, quiet: bool) -> 
         _error(f"--plot: cannot write {out_path}: {exc}")
         return EXIT_NOTHING_VALID
     if not quiet:
-        print(f"plot written to {out_path}")
+        _print(f"plot written to {out_path}")
     return EXIT_OK
 
 

@@ -77,9 +77,9 @@ class MultiheadAttention(nn.Module):
 class EncoderLayer(nn.Module):
     """Pre-norm transformer encoder layer: x + SA(norm1(x)); x + FF(norm2(x))."""
 
-    def __init__(self, dim: int, activation: str = "relu"):
+    def __init__(self, dim: int, activation: str = "relu", num_heads: int = NUM_HEADS):
         super().__init__()
-        self.self_attn = MultiheadAttention(dim)
+        self.self_attn = MultiheadAttention(dim, num_heads)
         self.linear1 = nn.Linear(dim, FF_MULT * dim)
         self.linear2 = nn.Linear(FF_MULT * dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=EPS)

@@ -11,8 +11,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -254,3 +258,52 @@ def test_example_configs_reject_a_typo(tmp_path):
     with pytest.raises(config.ConfigError, match="vl_reuses"):
         config.load("flow", bad)
 
+
+
+# --------------------------------------------------------------------------- a real process
+def test_real_process_speaks_notify_protocol(instance, tmp_path):
+    """`shm-vla ingest robot` under a fake NOTIFY_SOCKET, as systemd would start it:
+    READY first, WATCHDOG from its loop at about half the interval, STOPPING on SIGTERM."""
+    address = f"/tmp/sdn-{uuid.uuid4().hex[:12]}"  # AF_UNIX paths are short
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.1)
+    env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([sys.executable, "-m", "shm_vla.cli", "ingest", "robot", "--instance", instance,
+                             "--set", 'robot.connect="tcp://127.0.0.1:1"'],  # no peer needed
+                            env=env, stderr=subprocess.PIPE, text=True)
+    got: list[tuple[float, str]] = []
+
+    def collect(until) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not until():
+            try:
+                got.append((time.monotonic(), sock.recv(4096).decode()))
+            except socket.timeout:
+                pass
+
+    try:
+        collect(lambda: sum(m == "WATCHDOG=1" for _, m in got) >= 3 or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)
+        collect(lambda: proc.poll() is not None)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+        sock.setblocking(False)  # the process is gone: read what is left
+        while True:
+            try:
+                got.append((time.monotonic(), sock.recv(4096).decode()))
+            except BlockingIOError:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+        os.unlink(address)
+    messages = [m for _, m in got]
+    assert messages[0].startswith("READY=1\nSTATUS="), messages
+    assert messages[-1] == "STOPPING=1", messages
+    pings = [t for t, m in got if m == "WATCHDOG=1"]
+    assert len(pings) >= 3, messages
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    # Sent at >= 0.5 s intervals (interval/2) by the sender's clock; measured here, one late
+    # receipt can shorten a gap, hence the margin. Unlimited, the 50 ms loop would ping 10x as often.
+    assert min(gaps) >= 0.3 and max(gaps) < 2.0, gaps

@@ -14,6 +14,9 @@ NS_PER_S = 1_000_000_000
 # A sender more than this far behind its schedule (a stalled machine) skips ahead
 # instead of bursting the backlog; skipped sends are counted.
 MAX_LAG_NS = NS_PER_S
+# Closing a sender socket still delivers what it queued (the last frames of a bounded run
+# or a replay) for up to this long; 0 would silently drop them.
+CLOSE_LINGER_MS = 500
 
 
 def zmq_context() -> zmq.Context:

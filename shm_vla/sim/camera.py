@@ -8,7 +8,7 @@ import time
 import zmq
 
 from ..protocol.camera import CameraMapper
-from .base import NS_PER_S, ScheduledSender, zmq_context
+from .base import CLOSE_LINGER_MS, NS_PER_S, ScheduledSender, zmq_context
 from .content import frame_jpeg
 
 SNDHWM = 50   # frames queued while no receiver is there (then counted as dropped)
@@ -47,13 +47,12 @@ class CameraSim(ScheduledSender):
 
     def _open(self) -> None:
         self._socket = zmq_context().socket(zmq.PUSH)
-        self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, SNDHWM)
         self._socket.connect(self.address)
 
     def _close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=CLOSE_LINGER_MS)
 
     def _due_ns(self, k: int) -> int:
         frame, camera = divmod(k, len(self.cameras))

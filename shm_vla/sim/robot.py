@@ -7,7 +7,7 @@ import time
 import zmq
 
 from ..protocol.robot import ROBOT_TOPIC, encode_robot
-from .base import NS_PER_S, ScheduledSender, zmq_context
+from .base import CLOSE_LINGER_MS, NS_PER_S, ScheduledSender, zmq_context
 from .content import robot_values
 
 
@@ -29,13 +29,12 @@ class RobotSim(ScheduledSender):
 
     def _open(self) -> None:
         self._socket = zmq_context().socket(zmq.PUB)
-        self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(self.address)
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _close(self) -> None:
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close(linger=CLOSE_LINGER_MS)
 
     def _due_ns(self, k: int) -> int:
         return k * self.period_ns

@@ -54,9 +54,9 @@ def _addresses(cfg, args) -> dict:
         "sensor": loopback(cfg.sensor.bind),
         "commands": cfg.address(cfg.command.connect),
     }
+    if args.which == "all" and (args.address or args.rate_hz):
+        raise config_mod.ConfigError("--address and --rate-hz need a single simulator, not 'all'")
     if args.address:
-        if args.which == "all":
-            raise config_mod.ConfigError("--address needs a single simulator, not 'all'")
         addresses[args.which] = args.address
     return addresses
 

@@ -143,7 +143,7 @@ class SensorReplay(SensorSim):
 
     def _emit(self, k: int) -> None:
         first, end = self.starts[k], self.starts[k + 1]
-        count = end - first
+        count = int(end - first)
         chunk = self._view[:count]
         chunk[:] = self.records[first:end]
         chunk["timestamp"] += self.clock.shift_s

@@ -6,7 +6,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+
+from shm_vla.protocol.sensor import record_dtype
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +60,21 @@ def test_all_until_sigterm_exits_cleanly(tmp_path):
 
 
 @pytest.mark.timeout(30)
+def test_replay_of_a_sensor_session_runs_to_its_end(tmp_path):
+    records = np.zeros(12, dtype=record_dtype(1025))
+    records["send_timestamp"] = 1e9 + np.arange(12) // 4 * 0.01     # 3 datagrams of 4 records
+    np.savez(tmp_path / "sensor_data_x.npz", timestamps=records["timestamp"], forces=records["force"],
+             send_timestamps=records["send_timestamp"], alines=records["ascan"])
+    port = _free_port(socket.SOCK_DGRAM)
+    done = subprocess.run(_sim("sensor", "--replay", str(tmp_path), "--address", f"127.0.0.1:{port}"),
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["sensor"]["records_sent"] == 12
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("args", [["robot", "--set", "robot.rate_hz=-1"], ["all", "--address", "tcp://127.0.0.1:1"],
+                                  ["all", "--rate-hz", "10"],
                                   ["sensor", "--replay", "/nonexistent/session"]])
 def test_configuration_errors_exit_2_with_one_line(args):
     done = subprocess.run(_sim(*args, "--duration", "0.2"), capture_output=True, text=True, timeout=20)

@@ -102,6 +102,8 @@ class ModelConfig:
     act_device: str = "cpu"
     act_dtype: str = "float32"         # "bfloat16" on GPU
     cuda_graph: bool = True            # capture the tick when on CUDA
+    act_threads: int = 1               # torch CPU threads of the action process (2 cores: no oversubscription)
+    vl_threads: int = 1                # torch CPU threads of the VL process
     seed: int = 0
 
 
@@ -185,7 +187,7 @@ _CHOICES = {
 _POSITIVE = {
     "rate_hz", "tick_hz", "ring_depth", "window", "width", "height", "ascan_len",
     "results_depth", "flow_steps", "flow_horizon", "vl_reuse", "rcvbuf_bytes",
-    "clamp_mm", "clamp_deg", "flush_every", "decode_workers", "rcvhwm", "sndhwm",
+    "clamp_mm", "clamp_deg", "flush_every", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
 }
 
 

@@ -71,3 +71,26 @@ def parse_args(prog: str, argv: list[str], extra=None) -> tuple[argparse.Namespa
         extra(parser)
     args = parser.parse_args(argv)
     return args, configmod.from_args(args)
+
+
+def attach_when_ready(rt: Runtime, attach, what: str, timeout_s: float = 120.0, poll_s: float = 0.1):
+    """Attach to a segment that another process creates, waiting for it (bounded).
+
+    Start order across processes is not guaranteed (systemd starts units in parallel),
+    so readers wait for writers. Returns None if the process was asked to stop.
+    """
+    from .shm.segment import SegmentMissing, ShmError
+    deadline = time.monotonic() + timeout_s
+    logged = False
+    while rt.running:
+        try:
+            return attach()
+        except (SegmentMissing, ShmError) as exc:
+            if time.monotonic() > deadline:
+                raise ShmError(f"gave up waiting for {what} after {timeout_s:.0f} s: {exc}") from None
+            if not logged:
+                rt.log.info("waiting for %s (%s)", what, exc)
+                logged = True
+        rt.housekeeping()
+        time.sleep(poll_s)
+    return None

@@ -1,0 +1,199 @@
+"""`shm-vla run flow|regression --instance NAME [--sim] [--duration S] [--checkpoint PATH] [--out DIR]`
+
+A supervisor for machines without systemd: starts every stage as its own process, restarts
+a crashed one with exponential backoff (counted in the supervisor's stats), and on
+SIGINT/SIGTERM or at the end of --duration stops them in order so that files are complete:
+act first (no new results), then the recorder (drains, then finalises its files), then
+vl, the ingest processes, and last the simulators.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import config as configmod
+from .shm import segment as segmod
+from .shm.segment import ShmError
+from .shm.stats import Stats
+
+POLL_S = 0.1
+HEALTHY_AFTER_S = 30.0        # a child up this long gets its backoff reset
+MODEL_TYPES = {"flow": "flow_matching", "regression": "regression"}
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list
+    restart: bool = True
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    backoff_s: float = 0.0
+    restart_at: float | None = None
+    restarts: int = 0
+    counter: object = None
+    exits: list = field(default_factory=list)
+
+
+def _child_argv(args, cmd: list) -> list:
+    argv = [sys.executable, "-m", "shm_vla.cli", *cmd, "--instance", args.instance]
+    if args.config:
+        argv += ["--config", args.config]
+    for override in args.overrides:
+        argv += ["--set", override]
+    return argv
+
+
+def build_children(args, cfg) -> list[Child]:
+    sims = []
+    if args.sim:
+        sim = ["sim", "all", "--log", os.path.join(args.out, f"commands_{args.instance}.jsonl")]
+        sims.append(Child("sim", _child_argv(args, sim)))
+    stages = [["ingest", "camera"], ["ingest", "robot"], ["ingest", "sensor"], ["vl"], ["act"],
+              ["record", "--out", args.out] + (["--save-data"] if args.save_data else [])]
+    return sims + [Child("-".join(cmd[:2]) if cmd[0] == "ingest" else cmd[0], _child_argv(args, cmd))
+                   for cmd in stages]
+
+
+# Stop order: see the module docstring.
+STOP_ORDER = ("act", "record", "vl", "ingest-camera", "ingest-robot", "ingest-sensor", "sim")
+
+
+class Supervisor:
+    def __init__(self, cfg, children: list[Child], stats: Stats, log=print):
+        self.cfg = cfg
+        self.children = {c.name: c for c in children}
+        self.stats = stats
+        self.log = log
+        self.stopping = False
+        for c in children:
+            c.counter = stats.counter(f"restarts.{c.name}")
+        self.crashes = stats.counter("crashes")
+
+    def _start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.argv, start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def start_all(self) -> None:
+        for child in self.children.values():
+            self._start(child)
+
+    def watch_once(self) -> None:
+        now = time.monotonic()
+        sup = self.cfg.supervise
+        for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is not None and child.restart_at is None:
+                code = child.proc.returncode
+                child.exits.append(code)
+                if not child.restart:
+                    continue
+                if now - child.started_at > HEALTHY_AFTER_S:
+                    child.backoff_s = 0.0
+                child.backoff_s = min(max(sup.restart_backoff_s, child.backoff_s * 2), sup.restart_backoff_max_s)
+                child.restart_at = now + child.backoff_s
+                self.crashes.inc()
+                self.stats.set_state("restarting")
+                self.log(f"supervisor: {child.name} exited with {code}; restart in {child.backoff_s:.1f} s")
+                if code == configmod.EXIT_CONFIG_ERROR:
+                    child.restart = False          # a config error does not heal by restarting
+                    self.log(f"supervisor: {child.name} has a configuration error; not restarting it")
+                    child.restart_at = None
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                child.counter.inc()
+                self._start(child)
+                self.stats.set_state("up")
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        self.stats.set_state("stopping")
+        timeout = self.cfg.supervise.stop_timeout_s
+        names = [n for n in STOP_ORDER if n in self.children] + [n for n in self.children if n not in STOP_ORDER]
+        for name in names:
+            proc = self.children[name].proc
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.log(f"supervisor: {name} did not stop in {timeout:.0f} s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.stats.set_state("stopped")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shm-vla run", description=__doc__.splitlines()[0])
+    p.add_argument("model_type", choices=tuple(MODEL_TYPES))
+    configmod.add_arguments(p)
+    p.add_argument("--sim", action="store_true", help="also run simulated peers and the command sink")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--checkpoint", default=None, help="override model.checkpoint")
+    p.add_argument("--out", default=None, help="session directory root (default record.out_dir)")
+    p.add_argument("--save-data", action="store_true", help="record frames, robot and sensor data too")
+    return p
+
+
+def _check_checkpoint(cfg, model_type: str) -> None:
+    from .model import load_checkpoint
+    loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
+                             sensor_channels=cfg.sensor_channels)
+    if loaded.info.model_type != MODEL_TYPES[model_type]:
+        raise configmod.ConfigError(f"model.checkpoint {cfg.model.checkpoint} holds a {loaded.info.model_type} "
+                                    f"model, but 'run {model_type}' was asked for")
+
+
+def _fresh_instance(cfg) -> None:
+    """Refuse to start over a live pipeline; remove what a previous run left behind, so
+    that no stale record of an old session can reach this one (recorder, act gate)."""
+    for name in segmod.instance_segments(cfg.instance, cfg.shm.prefix):
+        info = segmod.inspect(name)
+        if info.alive:
+            raise ShmError(f"instance {cfg.instance!r} is already running ({name} has live writer pid "
+                           f"{info.writer_pid}); stop it or choose another --instance")
+    segmod.remove_instance(cfg.instance, cfg.shm.prefix)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.checkpoint:
+        args.overrides.append(f"model.checkpoint={os.path.abspath(args.checkpoint)!r}".replace("'", '"'))
+    cfg = configmod.from_args(args)
+    args.out = os.path.abspath(args.out or cfg.record.out_dir)
+    os.makedirs(args.out, exist_ok=True)
+    from .model import CheckpointError
+    try:
+        _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children
+    except (CheckpointError, configmod.ConfigError) as exc:
+        print(f"shm-vla run: {exc}", file=sys.stderr)
+        return configmod.EXIT_CONFIG_ERROR
+    try:
+        _fresh_instance(cfg)
+        stats = Stats.create(cfg.instance, "supervisor", prefix=cfg.shm.prefix, group=cfg.shm.group)
+    except ShmError as exc:
+        print(f"shm-vla run: {exc}", file=sys.stderr)
+        return 1
+    sup = Supervisor(cfg, build_children(args, cfg), stats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    sup.start_all()
+    stats.set_state("up")
+    print(f"shm-vla run {args.model_type}: instance {cfg.instance}, sessions in {args.out}", file=sys.stderr, flush=True)
+    try:
+        while not stop and (deadline is None or time.monotonic() < deadline):
+            sup.watch_once()
+            stats.heartbeat()
+            time.sleep(POLL_S)
+    finally:
+        sup.stop_all()
+        stats.close()
+    return 0

@@ -1,0 +1,272 @@
+"""`shm-vla act --instance NAME`: the 10 Hz action loop.
+
+Every tick, on an absolute schedule (next = previous + period; a late tick is measured, a
+missed one counted and skipped, never caught up in a burst):
+
+  1. read the newest VL feature and the sensor and robot windows from shared memory
+     straight into the runner's (pinned) input buffers, front-padding with zeros while a
+     ring fills, as deployed;
+  2. gate: no command if any input is missing or stale, or (after inference) if the
+     output is not finite; the reason is recorded, counted and logged at a bounded rate;
+  3. run the head; clamp the first action's first 6 values per axis;
+  4. send {"cmd": "dpose"} without blocking (a full queue or absent robot is counted);
+  5. publish the whole result, timings and input ages to the results ring.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from ..gate import Gate
+from ..process import Runtime, attach_when_ready, parse_args
+from ..protocol import command as command_proto
+from ..shm.ring import META_DTYPE
+from ..shm.segment import ShmError
+from ..streams import DP_DIMS, HOLD_REASONS, Streams
+from .rolling import RollingGauges
+
+
+class Inputs:
+    """The three input rings and the per-tick metadata buffers."""
+
+    def __init__(self, streams: Streams, vl_dim: int, sensor_window: int, robot_window: int,
+                 vl_ring, sensor_ring, robot_ring):
+        self.vl_ring, self.sensor_ring, self.robot_ring = vl_ring, sensor_ring, robot_ring
+        self.vl_rec = np.zeros(1, vl_ring.dtype)
+        self.vl_meta = np.zeros(1, META_DTYPE)
+        self.sensor_meta = np.zeros(sensor_window, META_DTYPE)
+        self.robot_meta = np.zeros(robot_window, META_DTYPE)
+        self.robot_raw = np.zeros((1, 12), np.float32)
+        self.sensor_window, self.robot_window = sensor_window, robot_window
+
+    def read(self, runner) -> tuple[bool, int, int]:
+        """Fill the runner's buffers; returns (have_vl, sensor rows, robot rows)."""
+        have_vl = self.vl_ring.latest(self.vl_rec, self.vl_meta) >= 0
+        if have_vl:
+            runner.vl_in[:] = self.vl_rec["feature"][0]
+        ks = self.sensor_ring.window(self.sensor_window, runner.sensor_in, self.sensor_meta)
+        runner.sensor_in[: self.sensor_window - ks] = 0.0
+        kr = self.robot_ring.window(self.robot_window, runner.robot_in, self.robot_meta)
+        runner.robot_in[: self.robot_window - kr] = 0.0
+        return have_vl, ks, kr
+
+
+class Commander:
+    """The command socket: PUSH, never blocking, never queueing for an absent robot."""
+
+    def __init__(self, rt: Runtime):
+        cfg = rt.cfg
+        self.sock = zmq.Context.instance().socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, cfg.command.sndhwm)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)     # no queue to a robot that is not connected
+        self.sock.setsockopt(zmq.LINGER, 0)        # stale commands are never flushed at exit
+        self.sock.connect(cfg.address(cfg.command.connect))
+        self.sent = rt.stats.counter("commands_sent")
+        self.failed = rt.stats.counter("commands_failed")
+        self.rt = rt
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.failed.inc()
+            self.rt.rlog.warning("send", "command not sent: robot receiver absent or not reading")
+            return False
+        self.sent.inc()
+        return True
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class ActWorker:
+    def __init__(self, rt: Runtime, runner, inputs: Inputs, results_ring, commander: Commander):
+        cfg = rt.cfg
+        self.rt, self.cfg = rt, cfg
+        self.runner, self.inputs, self.results, self.commander = runner, inputs, results_ring, commander
+        self.gate = Gate(cfg.act)
+        self.limits = np.array([cfg.act.clamp_mm] * 3 + [cfg.act.clamp_deg] * 3, np.float32)
+        self.dp = np.zeros(DP_DIMS, np.float32)
+        self._blank = np.zeros((), results_ring.dtype)     # every slot starts from this
+        self._blank["actions"] = np.nan
+        self._blank["delta"] = np.nan
+        self._blank["dp"] = np.nan
+        self.started = not cfg.act.auto_start
+        self.action_id = 0
+        s = rt.stats
+        self.ticks = s.counter("ticks")
+        self.missed = s.counter("missed_ticks")
+        self.clamped = s.counter("clamped_ticks")
+        self.held = {r: s.counter(f"held.{r}") for r in HOLD_REASONS if r}
+        self.lateness = RollingGauges(s, "lateness_ms", every=10)
+        self.latency = RollingGauges(s, "latency_ms", every=10)
+        self.rate_hz = s.gauge("rate_hz", 0.0)
+        self.last_vl_update = s.gauge("vl_update_number")
+        self._rate_start_ns, self._rate_ticks = time.monotonic_ns(), 0
+
+    # ------------------------------------------------------------------ one tick
+    def tick(self, scheduled_ns: int, lateness_ms: float) -> None:
+        t0 = time.monotonic_ns()
+        rec = self.results.begin()
+        rec[...] = self._blank
+        rec["action_id"] = self.action_id
+        rec["timestamp"] = time.time()
+        rec["tick_mono_ns"] = t0
+        rec["tick_lateness_ms"] = lateness_ms
+        try:
+            have_vl, ks, kr = self.inputs.read(self.runner)
+            # ages as of now, after the reads: a record that arrived during them counts as fresh (age >= 0)
+            reason = self._check_inputs(rec, time.monotonic_ns(), have_vl, ks, kr)
+        except ShmError as exc:
+            reason = "read_error"
+            self.rt.rlog.error("read", "input read failed: %s", exc)
+        if not reason:
+            reason = self._infer(rec)
+        if not reason and not self.started:
+            self.started = self.commander.send(command_proto.encode_start(self.cfg.command.start_joints,
+                                                                          self.cfg.command.lock_j6))
+            if self.started:
+                self.rt.log.info("auto-start: start command sent")
+        rec["sent"] = 0
+        if not reason and self.started:
+            rec["sent"] = self.commander.send(command_proto.encode_dpose(self.dp.tolist()))
+        rec["held"] = HOLD_REASONS.index(reason)
+        if reason:
+            self.held[reason].inc()
+            self.rt.rlog.warning(f"held.{reason}", "command withheld: %s", reason)
+        total_ms = (time.monotonic_ns() - t0) / 1e6
+        rec["total_ms"] = total_ms
+        self.results.commit(src_ts=float(rec["timestamp"]), recv_mono_ns=t0)
+        self.action_id += 1
+        self.ticks.inc()
+        self.latency.add(total_ms)
+        self.lateness.add(lateness_ms)
+
+    def _check_inputs(self, rec, now_ns: int, have_vl: bool, ks: int, kr: int) -> str:
+        inp = self.inputs
+        vl = inp.vl_rec[0]
+        rec["sensor_buffer_size"], rec["robot_buffer_size"] = ks, kr
+        rec["vl_update_number"] = int(vl["update"]) if have_vl else 0
+        rec["vl_update_time_ms"] = float(vl["encode_ms"]) if have_vl else 0.0
+        rec["view_skew_ms"] = float(vl["skew_ms"]) if have_vl else np.nan
+        ages = {
+            "vl": (now_ns - int(inp.vl_meta["recv_mono_ns"][0])) / 1e6 if have_vl else np.inf,
+            "sensor": (now_ns - int(inp.sensor_meta["recv_mono_ns"][-1])) / 1e6 if ks else np.inf,
+            "robot": (now_ns - int(inp.robot_meta["recv_mono_ns"][-1])) / 1e6 if kr else np.inf,
+        }
+        rec["vl_age_ms"], rec["sensor_age_ms"], rec["robot_age_ms"] = ages["vl"], ages["sensor"], ages["robot"]
+        rec["frame_age_ms"] = (now_ns - int(vl["frame_recv_mono_ns"].min())) / 1e6 if have_vl else np.inf
+        if kr:
+            rec["robot_state"] = self.runner.robot_in[-1]
+            rec["robot_ts"] = float(inp.robot_meta["src_ts"][-1])
+        if have_vl:
+            self.last_vl_update.set(float(vl["update"]))
+        return self.gate.check_inputs(have_vl, ks, kr, ages)
+
+    def _infer(self, rec) -> str:
+        if not (np.isfinite(self.runner.vl_in).all() and np.isfinite(self.runner.sensor_in).all()
+                and np.isfinite(self.runner.robot_in).all()):
+            return "nonfinite_input"
+        res = self.runner.run()
+        rec["actions"] = res.actions
+        rec["has_delta"] = res.delta is not None
+        if res.delta is not None:
+            rec["delta"] = res.delta
+        rec["sensor_encoding_ms"] = res.sensor_encoding_ms
+        rec["robot_encoding_ms"] = res.robot_encoding_ms
+        rec["action_prediction_ms"] = res.action_prediction_ms
+        if not np.isfinite(res.actions).all():
+            return "nonfinite_output"
+        np.clip(res.actions[0, :DP_DIMS], -self.limits, self.limits, out=self.dp)
+        clamped = bool((np.abs(res.actions[0, :DP_DIMS]) > self.limits).any())
+        rec["clamped"] = clamped
+        if clamped:
+            self.clamped.inc()
+        rec["dp"] = self.dp
+        return ""
+
+    def publish_rate(self, now_ns: int) -> None:
+        elapsed = now_ns - self._rate_start_ns
+        if elapsed >= 1_000_000_000:
+            self.rate_hz.set((self.action_id - self._rate_ticks) * 1e9 / elapsed)
+            self._rate_start_ns, self._rate_ticks = now_ns, self.action_id
+
+    # ------------------------------------------------------------------ schedule
+    def loop(self) -> None:
+        """Absolute-time ticks; lateness measured every tick; missed ticks skipped."""
+        period_ns = int(1e9 / self.cfg.act.tick_hz)
+        next_ns = time.monotonic_ns() + period_ns
+        while self.rt.running:
+            self.rt.housekeeping()
+            now = time.monotonic_ns()
+            if now < next_ns:
+                time.sleep(min(next_ns - now, 100_000_000) / 1e9)   # bounded: signals are seen
+                continue
+            lateness_ns = now - next_ns
+            if lateness_ns >= period_ns:
+                skipped = lateness_ns // period_ns
+                self.missed.inc(skipped)
+                next_ns += skipped * period_ns
+                lateness_ns = now - next_ns
+            self.tick(next_ns, lateness_ns / 1e6)
+            next_ns += period_ns
+            self.publish_rate(now)
+
+
+def make_runner(cfg, loaded):
+    import torch
+    from ..model import TickRunner
+    torch.set_num_threads(cfg.model.act_threads)
+    dtype = getattr(torch, cfg.model.act_dtype)
+    return TickRunner(loaded, device=cfg.model.act_device, dtype=dtype, flow_steps=cfg.model.flow_steps,
+                      solver=cfg.model.flow_solver, horizon=cfg.model.flow_horizon,
+                      use_cuda_graph=cfg.model.cuda_graph)
+
+
+def run(rt: Runtime) -> int:
+    from ..model import load_checkpoint
+    cfg = rt.cfg
+    streams = Streams(cfg)
+    loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
+                             sensor_channels=cfg.sensor_channels)
+    info = loaded.info
+    runner = make_runner(cfg, loaded)
+    runner.run()                                   # warm-up (and graph capture on CUDA)
+    results = streams.create_results(info.horizon, info.action_dim)
+    rings = [attach_when_ready(rt, fn, what) for fn, what in (
+        (lambda: streams.attach_vl(info.vl_dim), "the VL feature"),
+        (streams.attach_sensor, "the sensor ring"), (streams.attach_robot, "the robot ring"))]
+    if any(r is None for r in rings):
+        return 0
+    inputs = Inputs(streams, info.vl_dim, cfg.sensor.window, info.robot_window, *rings)
+    commander = Commander(rt)
+    worker = ActWorker(rt, runner, inputs, results, commander)
+    rt.ready(f"act {info.model_type} at {cfg.act.tick_hz:g} Hz on {cfg.model.act_device}")
+    try:
+        worker.loop()
+    finally:
+        commander.close()
+        results.close()
+        for ring in rings:
+            ring.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    _, cfg = parse_args("shm-vla act", argv)
+    from ..model import CheckpointError
+    try:
+        rt = Runtime(cfg, "act")
+    except ShmError as exc:
+        print(f"shm-vla act: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return run(rt)
+    except (ShmError, CheckpointError) as exc:
+        rt.log.error("%s", exc)
+        return 1
+    finally:
+        rt.close()

@@ -1,0 +1,223 @@
+"""`shm-vla record --instance NAME --out DIR [--save-data]`: the session recorder.
+
+Consumes the results and vl_feature rings with since() (it loses nothing while it keeps
+up; overwritten records are counted as lost and written into the summary), and with
+--save-data also the jpeg, robot and sensor rings. Files are streamed by SessionWriter
+and finalised when the process stops (SIGINT/SIGTERM end the loop, then a last drain).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..process import Runtime, attach_when_ready, parse_args
+from ..shm.ring import META_DTYPE, Ring
+from ..shm.segment import ShmError
+from ..streams import HOLD_REASONS, N_VIEWS, Streams
+from ..protocol.sensor import ascan_columns, force_column
+from .session_files import SessionWriter
+
+WAIT_S = 0.1
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+class RingCursor:
+    """A since() consumer of one ring with its own preallocated batch buffers."""
+
+    def __init__(self, ring: Ring, batch: int, lost_counter=None):
+        self.ring = ring
+        self.batch = min(batch, ring.depth - 1)
+        self.out = np.zeros((self.batch,) + ring.shape, ring.dtype)
+        self.meta = np.zeros(self.batch, META_DTYPE)
+        self.next_record = 0
+        self.lost = 0
+        self.lost_counter = lost_counter
+
+    def drain(self, handle) -> int:
+        """Hand every new record batch to handle(out[:n], meta[:n]); returns records handled."""
+        total = 0
+        while True:
+            res = self.ring.since(self.next_record, self.out, self.meta, self.batch)
+            if res.lost:
+                self.lost += res.lost
+                if self.lost_counter is not None:
+                    self.lost_counter.inc(res.lost)
+            self.next_record = res.next_record
+            if res.count == 0:
+                return total
+            handle(self.out[: res.count], self.meta[: res.count])
+            total += res.count
+
+
+class Recorder:
+    def __init__(self, rt: Runtime, writer: SessionWriter, results: Ring, vl: Ring | None, data_rings: dict):
+        self.rt, self.writer = rt, writer
+        s = rt.stats
+        self.records_written = s.counter("records_written")
+        self.vl_written = s.counter("vl_updates_written")
+        self.lost = s.counter("lost")
+        self.lag = s.gauge("lag_records", 0.0)
+        self.results = RingCursor(results, 64, self.lost)
+        self.vl = RingCursor(vl, 16) if vl is not None else None
+        self.data = data_rings
+        self.cursors = {}
+        if data_rings:
+            cfg = rt.cfg
+            self.frames = s.counter("frames_written")
+            self.robot_rows = s.counter("robot_rows_written")
+            self.sensor_records = s.counter("sensor_records_written")
+            self.data_lost = s.counter("data_lost")
+            self.cursors = {name: RingCursor(ring, 4 if name.startswith("jpeg") else 512, self.data_lost)
+                            for name, ring in data_rings.items()}
+            width = cfg.sensor_channels
+            self.fcol = force_column(cfg.sensor.force_position, width)
+            self.acols = ascan_columns(cfg.sensor.force_position, width)
+            self.views = cfg.camera.views
+
+    # ---- record conversion
+    def _action(self, r, meta) -> None:
+        held = HOLD_REASONS[int(r["held"])]
+        timing = {
+            "timestamp": float(r["timestamp"]), "action_id": int(r["action_id"]),
+            "vl_update_number": int(r["vl_update_number"]), "vl_update_time": 0.0,
+            "sensor_encoding_time": _num(r["sensor_encoding_ms"]), "robot_encoding_time": _num(r["robot_encoding_ms"]),
+            "action_prediction_time": _num(r["action_prediction_ms"]), "total_time": _num(r["total_ms"]),
+            "sensor_buffer_size": int(r["sensor_buffer_size"]), "robot_buffer_size": int(r["robot_buffer_size"]),
+            "tick_lateness_ms": _num(r["tick_lateness_ms"]), "sensor_age_ms": _num(r["sensor_age_ms"]),
+            "robot_age_ms": _num(r["robot_age_ms"]), "vl_age_ms": _num(r["vl_age_ms"]),
+            "frame_age_ms": _num(r["frame_age_ms"]), "view_skew_ms": _num(r["view_skew_ms"]),
+            "held": held or None,
+        }
+        self.writer.write_timing(timing)
+        if held:
+            return   # no inference ran: nothing for inference_results
+        state = r["robot_state"]
+        self.writer.write_result({
+            "timestamp": float(r["timestamp"]),
+            "actions": r["actions"].tolist(),
+            "delta": r["delta"].tolist() if r["has_delta"] else None,
+            "inference_time": _num(r["total_ms"]),
+            "vl_update_number": int(r["vl_update_number"]),
+            "robot_state": {"joints": state[:6].tolist(), "pose": state[6:].tolist(),
+                            "timestamp": float(r["robot_ts"])},
+            "dp": r["dp"].tolist(), "sent": bool(r["sent"]), "clamped": bool(r["clamped"]),
+        })
+        self.records_written.inc()
+
+    def _results(self, out, meta) -> None:
+        for r, m in zip(out, meta):
+            self._action(r, m)
+
+    def _vl(self, out, meta) -> None:
+        for r, m in zip(out, meta):
+            self.writer.write_vl_update({
+                "timestamp": m["recv_wall_ns"] * 1e-9, "vl_update_number": int(r["update"]),
+                "vl_update_time": float(r["encode_ms"]), "view_skew_ms": float(r["skew_ms"]),
+                "capture_timestamps": r["capture_ts"].tolist()})
+            self.vl_written.inc()
+
+    def _jpeg(self, view: int):
+        def handle(out, meta):
+            for row, m in zip(out, meta):
+                camera = bytes(m["label"]).decode(errors="replace") or self.views[view]
+                self.writer.write_frame(self.views[view], camera, float(m["src_ts"]), row[: int(m["aux"])])
+                self.frames.inc()
+        return handle
+
+    def _robot(self, out, meta) -> None:
+        rows = np.empty((len(out), 16))
+        rows[:, 0] = meta["recv_wall_ns"] * 1e-9
+        rows[:, 1] = meta["src_ts"]
+        rows[:, 2] = meta["send_ts"]
+        rows[:, 3] = meta["aux"]
+        rows[:, 4:] = out
+        self.writer.write_robot_rows(rows)
+        self.robot_rows.inc(len(out))
+
+    def _sensor(self, out, meta) -> None:
+        self.writer.write_sensor_records(meta["src_ts"], meta["send_ts"], out[:, self.fcol], out[:, self.acols])
+        self.sensor_records.inc(len(out))
+
+    # ---- loop
+    def drain(self) -> int:
+        n = self.results.drain(self._results)
+        if self.vl is not None:
+            n += self.vl.drain(self._vl)
+        for name, cursor in self.cursors.items():
+            if name.startswith("jpeg"):
+                n += cursor.drain(self._jpeg(int(name[4:]) - 1))
+            elif name == "robot":
+                n += cursor.drain(self._robot)
+            else:
+                n += cursor.drain(self._sensor)
+        self.lag.set(float(self.results.ring.head - self.results.next_record))
+        return n
+
+    def loop(self) -> None:
+        while self.rt.running:
+            self.rt.housekeeping()
+            self.results.ring.wait(self.results.next_record, WAIT_S)
+            self.drain()
+        self.drain()                  # what arrived before the stop
+
+
+def _attach_data_rings(rt: Runtime, streams: Streams) -> dict | None:
+    rings = {}
+    wanted = [(f"jpeg{i + 1}", lambda i=i: streams.attach_jpeg(i)) for i in range(N_VIEWS)]
+    wanted += [("robot", streams.attach_robot), ("sensor", streams.attach_sensor)]
+    for name, attach in wanted:
+        ring = attach_when_ready(rt, attach, f"the {name} ring")
+        if ring is None:
+            return None
+        rings[name] = ring
+    return rings
+
+
+def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
+    streams = Streams(rt.cfg)
+    results = attach_when_ready(rt, streams.attach_results, "the results ring")
+    if results is None:
+        return 0
+    vl = attach_when_ready(rt, lambda: Ring.attach(rt.cfg.instance, "vl_feature", prefix=rt.cfg.shm.prefix),
+                           "the VL feature ring")
+    data = _attach_data_rings(rt, streams) if save_data else {}
+    if data is None:
+        return 0
+    writer = SessionWriter(out_dir, save_data=save_data, flush_every=rt.cfg.record.flush_every,
+                           views=tuple(rt.cfg.camera.views))
+    recorder = Recorder(rt, writer, results, vl, data)
+    rt.ready(f"recording to {writer.path}")
+    rt.log.info("session directory %s", writer.path)
+    try:
+        recorder.loop()
+    finally:
+        writer.note_lost(recorder.results.lost)
+        writer.close()
+        rt.log.info("session closed: %s (%d records, %d lost)", writer.path,
+                    recorder.records_written.value, recorder.results.lost)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    def extra(p):
+        p.add_argument("--out", default=None, help="directory for session folders (default record.out_dir)")
+        p.add_argument("--save-data", action="store_true", default=None, help="also save frames, robot and sensor data")
+    args, cfg = parse_args("shm-vla record", argv, extra)
+    try:
+        rt = Runtime(cfg, "record")
+    except ShmError as exc:
+        print(f"shm-vla record: {exc}", file=sys.stderr)
+        return 1
+    try:
+        save = cfg.record.save_data if args.save_data is None else args.save_data
+        return run(rt, args.out or cfg.record.out_dir, save)
+    except ShmError as exc:
+        rt.log.error("%s", exc)
+        return 1
+    finally:
+        rt.close()

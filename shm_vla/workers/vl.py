@@ -1,0 +1,174 @@
+"""`shm-vla vl --instance NAME`: encode the newest 5-view set, publish the VL feature.
+
+Policy: a fresh feature is wanted at least every `act.vl_reuse` action ticks. The worker
+sleeps on the view rings' futex; when the reuse budget (vl_reuse / tick_hz seconds since
+the previous encode began) is spent and every view holds a frame newer than the set used
+last time, it copies the newest frame of each view (or, with view_policy = "max_skew",
+checks the set's capture-time skew against the bound), encodes, and publishes one
+vl_feature record. The same frame set is never encoded twice.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from ..process import Runtime, attach_when_ready, parse_args
+from ..shm.ring import META_DTYPE
+from ..shm.segment import ShmError
+from ..streams import N_VIEWS, Streams
+from .rolling import RollingGauges
+
+WAIT_SLICE_S = 0.05
+
+
+class FrameSet:
+    """Preallocated buffers for one 5-view set and its metadata."""
+
+    def __init__(self, frame_shape: tuple, pin: bool = False):
+        self.frames = np.zeros((N_VIEWS,) + frame_shape, np.uint8)
+        if pin:
+            import torch
+            self.frames = torch.from_numpy(self.frames).pin_memory().numpy()
+        self.meta = np.zeros(N_VIEWS, META_DTYPE)
+        self.used_records = np.full(N_VIEWS, -1, np.int64)
+
+    @property
+    def skew_ms(self) -> float:
+        ts = self.meta["src_ts"]
+        return float(ts.max() - ts.min()) * 1e3
+
+
+class VlWorker:
+    def __init__(self, rt: Runtime, views, vl_ring, backbone):
+        self.rt = rt
+        self.cfg = rt.cfg
+        self.views = views
+        self.vl_ring = vl_ring
+        self.backbone = backbone
+        self.set = FrameSet(views[0].shape, pin=rt.cfg.model.vl_device.startswith("cuda"))
+        self.min_interval_ns = int(rt.cfg.act.vl_reuse / rt.cfg.act.tick_hz * 1e9)
+        self.last_start_ns = -self.min_interval_ns
+        s = rt.stats
+        self.updates = s.counter("updates")
+        self.over_skew = s.counter("over_skew_sets")
+        self.rejected = s.counter("rejected_sets")
+        self.read_errors = s.counter("read_errors")
+        self.encode_ms = s.gauge("encode_ms")
+        self.skew_ms = s.gauge("view_skew_ms")
+        self.encode_roll = RollingGauges(s, "encode_ms", size=100, every=5)
+
+    def new_set_available(self) -> bool:
+        heads = [ring.head for ring in self.views]
+        # a view's newest record is heads[i] - 1; new if it differs from the one used last
+        return all(h > 0 and h - 1 != used for h, used in zip(heads, self.set.used_records))
+
+    def read_set(self) -> bool:
+        fs = self.set
+        try:
+            for i, ring in enumerate(self.views):
+                if ring.latest(fs.frames[i:i + 1], fs.meta[i:i + 1]) < 0:
+                    return False
+        except ShmError as exc:
+            self.read_errors.inc()
+            self.rt.rlog.warning("read", "frame read failed: %s", exc)
+            return False
+        skew = fs.skew_ms
+        self.skew_ms.set(skew)
+        if self.cfg.vl.view_policy == "max_skew" and skew > self.cfg.vl.max_skew_ms:
+            self.over_skew.inc()
+            if self.cfg.vl.reject_over_skew:
+                self.rejected.inc()
+                fs.used_records[:] = fs.meta["record"]   # wait for a newer set
+                return False
+        return True
+
+    def encode_and_publish(self) -> None:
+        fs = self.set
+        t0 = time.monotonic_ns()
+        feature = self.backbone.encode(fs.frames)
+        encode_ms = (time.monotonic_ns() - t0) / 1e6
+        if not np.all(np.isfinite(feature)):
+            self.rt.error("nonfinite_feature", "the backbone produced NaN/Inf: not published")
+            return
+        fs.used_records[:] = fs.meta["record"]
+        slot = self.vl_ring.begin()
+        slot["feature"] = feature
+        slot["update"] = self.vl_ring.head + 1     # monotonic across restarts of this process
+        slot["encode_ms"] = encode_ms
+        slot["capture_ts"] = fs.meta["src_ts"]
+        slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
+        slot["frame_record"] = fs.meta["record"]
+        slot["skew_ms"] = fs.skew_ms
+        self.vl_ring.commit(src_ts=float(fs.meta["src_ts"].min()))
+        self.updates.inc()
+        self.encode_ms.set(encode_ms)
+        self.encode_roll.add(encode_ms)
+
+    def step(self) -> None:
+        """One wake-up: encode if the budget is spent and a new set exists, else wait."""
+        now = time.monotonic_ns()
+        budget_left_s = (self.last_start_ns + self.min_interval_ns - now) / 1e9
+        if budget_left_s > 0:
+            time.sleep(min(budget_left_s, WAIT_SLICE_S))
+            return
+        if not self.new_set_available():
+            # sleep on the view that is missing a new frame; any frame wakes us soon enough
+            waiting = next(i for i, r in enumerate(self.views) if r.head - 1 == self.set.used_records[i]
+                           or r.head == 0)
+            self.views[waiting].wait(int(self.set.used_records[waiting]) + 1, WAIT_SLICE_S)
+            return
+        self.last_start_ns = now
+        if self.read_set():
+            self.encode_and_publish()
+
+
+def run(rt: Runtime) -> int:
+    import torch
+    from ..model import load_checkpoint, make_backbone
+    cfg = rt.cfg
+    torch.set_num_threads(cfg.model.vl_threads)
+    streams = Streams(cfg)
+    loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
+                             sensor_channels=cfg.sensor_channels)
+    vl_dim = loaded.info.vl_dim
+    backbone = make_backbone(cfg.model, vl_dim, device=cfg.model.vl_device,
+                             vl_state_dict=loaded.vl_state_dict)
+    del loaded
+    backbone.warmup()
+    vl_ring = streams.create_vl(vl_dim)
+    views = []
+    for i in range(N_VIEWS):
+        ring = attach_when_ready(rt, lambda i=i: streams.attach_view(i), f"camera view {i + 1}")
+        if ring is None:
+            return 0
+        views.append(ring)
+    worker = VlWorker(rt, views, vl_ring, backbone)
+    rt.ready(f"vl {cfg.model.backbone} on {cfg.model.vl_device}, dim {vl_dim}")
+    try:
+        while rt.running:
+            rt.housekeeping()
+            worker.step()
+    finally:
+        vl_ring.close()
+        for ring in views:
+            ring.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    _, cfg = parse_args("shm-vla vl", argv)
+    from ..model import CheckpointError
+    try:
+        rt = Runtime(cfg, "vl")
+    except ShmError as exc:
+        print(f"shm-vla vl: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return run(rt)
+    except (ShmError, CheckpointError) as exc:
+        rt.log.error("%s", exc)
+        return 1
+    finally:
+        rt.close()

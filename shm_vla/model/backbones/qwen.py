@@ -1,0 +1,261 @@
+"""`qwen2.5-vl`: Qwen2.5-VL through ``transformers`` (optional), offline, with a fast path.
+
+Deployed semantics (the seed receiver): each of the 5 views is one user message
+``[image, prompt]`` through the chat template (no generation prompt), preprocessed by the
+Qwen2-VL image processor with ``min_pixels = max_pixels = 640*360`` (640x360 -> 616x336,
+24x44 patches of 14, 2x2 merge -> 264 image tokens), the five sequences are one batch through
+the model, and the feature is the mean over all tokens of the last hidden state per view, then
+the mean over views.
+
+Fast path (this module):
+
+* the prompt's token ids, the multimodal token types and the 3-D rope position ids depend
+  only on the prompt and the image size: computed once at start-up;
+* preprocessing on the model's device straight from the uint8 frames (no JPEG round trip, no
+  PIL): bicubic antialiased resize (PIL's filter), rounding to uint8 levels as PIL does,
+  rescale, normalise, patchify into the processor's exact layout;
+* only the base model runs (no LM head, no hidden-state tuple);
+* view scheduling ``mode``: ``batched`` (one forward of 5 sequences, default), ``sequential``
+  (one view at a time) or ``streams`` (each view on its own CUDA stream for upload,
+  preprocessing and encoding; equals ``sequential`` on a CPU).
+
+Loading is offline only: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``. ``vl_model.*``
+tensors from the checkpoint override the directory's weights.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+from . import Backbone
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEPLOYED_PIXELS = 640 * 360
+MODES = ("batched", "sequential", "streams")
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = DEPLOYED_PIXELS,
+                 max_pixels: int = DEPLOYED_PIXELS) -> tuple[int, int]:
+    """The Qwen2-VL target size: multiples of ``factor``, pixel count within [min, max], aspect kept."""
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _import_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers  # noqa: F401
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    except ImportError as exc:
+        raise RuntimeError("the qwen2.5-vl backbone needs the optional 'transformers' package "
+                           "(pip install -e '.[qwen]'); or set model.backbone = \"compact\"") from exc
+    return AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+
+def _chat_template(tokenizer, directory: Path) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    for name in ("chat_template.jinja", "chat_template.json"):
+        p = directory / name
+        if p.is_file():
+            text = p.read_text()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    raise RuntimeError(f"no chat template in {directory} (tokenizer_config.json, chat_template.json/.jinja)")
+
+
+def _legacy_vl_key(key: str) -> str:
+    """Map a checkpoint's ``vl_model.*`` key (either transformers layout) to the current one."""
+    k = key[len("vl_model."):]
+    if k.startswith("visual."):
+        return "model." + k
+    if k.startswith("model.") and not k.startswith(("model.visual.", "model.language_model.")):
+        return "model.language_model." + k[len("model."):]
+    return k
+
+
+class QwenBackbone(Backbone):
+    name = "qwen2.5-vl"
+
+    def __init__(self, backbone_dir: str, vl_dim: int, *, prompt: str, device: str = "cpu",
+                 dtype: torch.dtype | None = None, vl_state_dict: dict | None = None, mode: str = "batched",
+                 min_pixels: int = DEPLOYED_PIXELS, max_pixels: int = DEPLOYED_PIXELS,
+                 image_size: tuple[int, int] = (360, 640), num_views: int = 5):
+        if mode not in MODES:
+            raise ValueError(f"unknown VL mode {mode!r} (choose {', '.join(MODES)})")
+        directory = Path(backbone_dir) if backbone_dir else None
+        if directory is None or not directory.is_dir():
+            raise RuntimeError(f"model.backbone_dir {backbone_dir!r} is not a directory holding a Qwen2.5-VL model "
+                               "(nothing is downloaded at run time)")
+        AutoTokenizer, VLModel = _import_transformers()
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.mode = mode
+        self.prompt = prompt
+        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.chat_template = _chat_template(self.tokenizer, directory)
+        full = VLModel.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
+        if vl_state_dict:
+            self._override(full, vl_state_dict)
+        self.config = full.config
+        hidden = self.config.text_config.hidden_size if hasattr(self.config, "text_config") else self.config.hidden_size
+        if hidden != vl_dim:
+            raise CheckpointError(f"backbone {directory}: hidden size {hidden} differs from the checkpoint's VL dim "
+                                  f"{vl_dim} (action_expert.fusion_proj.weight)")
+        self.vl_dim = int(vl_dim)
+        self.model = full.model.to(self.device).eval().requires_grad_(False)   # no LM head
+        del full
+        pre = {}
+        if (directory / "preprocessor_config.json").is_file():
+            pre = json.loads((directory / "preprocessor_config.json").read_text())
+        vc = self.config.vision_config
+        self.patch = int(pre.get("patch_size", getattr(vc, "patch_size", 14)))
+        self.merge = int(pre.get("merge_size", getattr(vc, "spatial_merge_size", 2)))
+        self.temporal = int(pre.get("temporal_patch_size", getattr(vc, "temporal_patch_size", 2)))
+        mean = pre.get("image_mean", CLIP_MEAN)
+        std = pre.get("image_std", CLIP_STD)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.image_size = tuple(image_size)
+        self.num_views = num_views
+        self._static = {}
+        self._static_for(self.image_size)
+        self._streams = ([torch.cuda.Stream(device=self.device) for _ in range(num_views)]
+                         if self.device.type == "cuda" and mode == "streams" else None)
+
+    # ------------------------------------------------------------------ start-up work
+    def _override(self, full, vl_state_dict: dict) -> None:
+        sd = {_legacy_vl_key(k): v for k, v in vl_state_dict.items()}
+        missing, unexpected = full.load_state_dict(sd, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("lm_head")]
+        if unexpected:
+            raise CheckpointError(f"checkpoint vl_model.* tensors do not fit the backbone: unexpected "
+                                  f"{', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+        self.overridden = len(sd) - len(unexpected)
+        self.not_overridden = len(missing)
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        return smart_resize(height, width, self.patch * self.merge, self.min_pixels, self.max_pixels)
+
+    def prompt_text(self) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=False)
+
+    def _static_for(self, hw: tuple[int, int]) -> dict:
+        """Token ids, token types, grid and rope positions of one view of size hw (cached)."""
+        if hw in self._static:
+            return self._static[hw]
+        rh, rw = self.target_size(*hw)
+        gh, gw = rh // self.patch, rw // self.patch
+        n_img = gh * gw // (self.merge ** 2)
+        image_token = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        text = self.prompt_text().replace("<|image_pad|>", "<|image_pad|>" * n_img, 1)
+        ids = torch.tensor([self.tokenizer(text)["input_ids"]], dtype=torch.long, device=self.device)
+        if int((ids == image_token).sum()) != n_img:
+            raise RuntimeError(f"prompt tokenisation gave {int((ids == image_token).sum())} image tokens, "
+                               f"expected {n_img}")
+        mm = (ids == image_token).to(torch.int32)
+        grid = torch.tensor([[1, gh, gw]], dtype=torch.long, device=self.device)
+        mask = torch.ones_like(ids)
+        pos = self._rope_positions(ids, mm, grid, mask)
+        st = {"resize": (rh, rw), "grid_hw": (gh, gw), "ids": ids, "mm": mm, "grid": grid, "mask": mask,
+              "pos": pos, "tokens": ids.shape[1], "image_tokens": n_img}
+        self._static[hw] = st
+        return st
+
+    def _rope_positions(self, ids, mm, grid, mask):
+        fn = getattr(self.model, "get_rope_index", None)
+        if fn is None:
+            return None
+        params = inspect.signature(fn).parameters
+        kwargs = {"image_grid_thw": grid, "attention_mask": mask}
+        if "mm_token_type_ids" in params:
+            kwargs["mm_token_type_ids"] = mm
+        try:
+            pos, _ = fn(ids, **kwargs)
+        except Exception:  # noqa: BLE001 - let the model compute them at each call instead
+            return None
+        return pos
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(self, views: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) on any device -> pixel_values (N*gh*gw, 3*T*p*p) float32, processor layout."""
+        n, h, w, _ = views.shape
+        st = self._static_for((h, w))
+        rh, rw = st["resize"]
+        x = views.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if (rh, rw) != (h, w):
+            x = F.interpolate(x, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True)
+            x = x.round_().clamp_(0, 255)                  # PIL resizes uint8 images to uint8 levels
+        x = (x / 255.0 - self._mean) / self._std
+        p, m, t = self.patch, self.merge, self.temporal
+        gh, gw = st["grid_hw"]
+        x = x.view(n, 3, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)   # N,bh,bw,mh,mw,C,p,p
+        x = x.unsqueeze(6).expand(*x.shape[:6], t, p, p)                                # N,...,C,T,p,p
+        return x.reshape(n * gh * gw, 3 * t * p * p)
+
+    # ------------------------------------------------------------------ encoding
+    def _forward(self, pixels: torch.Tensor, n: int, st: dict) -> torch.Tensor:
+        """-> per-view features (n, D) float32."""
+        kwargs = dict(input_ids=st["ids"].expand(n, -1), attention_mask=st["mask"].expand(n, -1),
+                      pixel_values=pixels.to(self.dtype), image_grid_thw=st["grid"].expand(n, -1), use_cache=False)
+        if st["pos"] is not None:
+            kwargs["position_ids"] = st["pos"].expand(-1, n, -1)
+        if "mm_token_type_ids" in inspect.signature(self.model.forward).parameters:
+            kwargs["mm_token_type_ids"] = st["mm"].expand(n, -1)
+        out = self.model(**kwargs)
+        return out.last_hidden_state.float().mean(dim=1)
+
+    def features_per_view(self, views: np.ndarray) -> torch.Tensor:
+        views = self.check_views(views)
+        st = self._static_for(views.shape[1:3])
+        host = torch.from_numpy(views)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        with torch.inference_mode():
+            if self.mode == "batched":
+                return self._forward(self.preprocess(host), len(views), st)
+            if self._streams is None:
+                return torch.cat([self._forward(self.preprocess(host[i:i + 1]), 1, st) for i in range(len(views))])
+            main = torch.cuda.current_stream(self.device)
+            outs = []
+            for i in range(len(views)):
+                s = self._streams[i % len(self._streams)]
+                s.wait_stream(main)
+                with torch.cuda.stream(s):
+                    outs.append(self._forward(self.preprocess(host[i:i + 1]), 1, st))
+            for s in self._streams:
+                main.wait_stream(s)
+            return torch.cat(outs)
+
+    def encode(self, views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        feat = self.features_per_view(views).mean(dim=0).cpu().numpy()
+        if out is None:
+            return feat
+        out[...] = feat
+        return out
+
+    def warmup(self, iterations: int = 2) -> None:
+        views = np.zeros((self.num_views, *self.image_size, 3), np.uint8)
+        for _ in range(iterations):
+            self.encode(views)

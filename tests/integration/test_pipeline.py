@@ -1,0 +1,161 @@
+"""End to end on CPU: the supervised pipeline with simulated peers, real processes, loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from procs import spawn, stop, wait_for, write_config
+from shm_vla import config
+from shm_vla.model.make_checkpoint import make_checkpoint
+from shm_vla.shm import stats as statsmod
+
+pytestmark = pytest.mark.slow
+RUN_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {"flow": make_checkpoint(root / "flow.pt", "tiny", "flow"),
+            "regression": make_checkpoint(root / "reg.pt", "tiny", "regression")}
+
+
+def _commands(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _session(out: Path) -> Path:
+    dirs = sorted(out.glob("async_inference_*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _start(tmp_path, instance, ckpt, model, sim=True, extra_cfg=""):
+    cfg_path, ports = write_config(tmp_path / "cfg.toml", extra_cfg)
+    out = tmp_path / "out"
+    args = ["run", model, "--instance", instance, "--config", str(cfg_path), "--checkpoint", str(ckpt),
+            "--out", str(out)] + (["--sim"] if sim else [])
+    sup = spawn(*args, log=tmp_path / "run.log")
+    return sup, cfg_path, ports, out
+
+
+def _check_session(out: Path, instance: str, cfg, model: str) -> None:
+    """The files are complete and every command is the clamped first action of its result."""
+    sess = _session(out)
+    stamp = sess.name[len("async_inference_"):]
+    timings = _jsonl(sess / f"performance_timings_{stamp}.jsonl")
+    actions = [t for t in timings if t.get("action_id") is not None]
+    vl = [t for t in timings if t.get("action_id") is None]
+    assert len(vl) >= 5 and all(t["vl_update_time"] > 0 for t in vl)
+    assert [a["action_id"] for a in actions] == list(range(len(actions)))   # one line per tick
+    results = json.loads((sess / f"inference_results_{stamp}.json").read_text())
+    summary = json.loads((sess / f"performance_summary_{stamp}.json").read_text())
+    assert summary["total_actions"] == len(actions)
+    assert summary["recorder"]["lost"] == 0
+    sent = [r for r in results if r["sent"]]
+    commands = [c["command"]["dp"] for c in _commands(out / f"commands_{instance}.jsonl")
+                if c["valid"] and c["command"]["cmd"] == "dpose"]
+    assert len(commands) == len(sent) and len(commands) > 0
+    limits = np.array([cfg.act.clamp_mm] * 3 + [cfg.act.clamp_deg] * 3)
+    for cmd, res in zip(commands, sent):
+        expect = np.clip(np.array(res["actions"][0][:6]), -limits, limits)
+        np.testing.assert_allclose(cmd, expect, atol=1e-6)
+        np.testing.assert_allclose(cmd, res["dp"], atol=1e-7)
+        assert (res["delta"] is not None) == (model == "regression")
+
+
+@pytest.mark.parametrize("model", ["flow", "regression"])
+def test_supervised_pipeline_commands_files_and_sigterm(tmp_path, instance, checkpoints, model):
+    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints[model], model)
+    cfg = config.load(instance, cfg_path)
+    log = out / f"commands_{instance}.jsonl"
+    try:
+        assert wait_for(lambda: len(_commands(log)) > 0, 60), (tmp_path / "run.log").read_text()[-3000:]
+        time.sleep(RUN_S)
+    finally:
+        assert stop(sup, timeout=30) == 0           # SIGTERM: ordered shutdown
+    cmds = [c for c in _commands(log) if c["valid"]]
+    t = np.array([c["recv_monotonic_ns"] for c in cmds]) / 1e9
+    expected = (t[-1] - t[0]) * cfg.act.tick_hz + 1
+    assert len(cmds) >= 0.95 * expected, (len(cmds), expected)
+    assert all(c["valid"] for c in _commands(log))
+    _check_session(out, instance, cfg, model)
+
+
+def _sim(kind, instance, cfg_path, tmp_path, *extra):
+    return spawn("sim", kind, "--instance", instance, "--config", str(cfg_path), *extra,
+                 log=tmp_path / f"sim_{kind}.log")
+
+
+def test_stale_robot_holds_commands_then_they_resume(tmp_path, instance, checkpoints):
+    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints["flow"], "flow", sim=False)
+    out.mkdir(exist_ok=True)
+    log = out / "commands.jsonl"
+    sims = {k: _sim(k, instance, cfg_path, tmp_path) for k in ("camera", "sensor", "robot")}
+    sims["commands"] = _sim("commands", instance, cfg_path, tmp_path, "--log", str(log))
+    try:
+        assert wait_for(lambda: len(_commands(log)) > 5, 60), (tmp_path / "run.log").read_text()[-3000:]
+        stop(sims["robot"])
+        t_stop = time.monotonic_ns()
+        time.sleep(1.5)
+        cmds = _commands(log)
+        after = [c for c in cmds if c["recv_monotonic_ns"] > t_stop]
+        assert all(c["recv_monotonic_ns"] - t_stop <= 300e6 for c in after), [c["recv_monotonic_ns"] - t_stop
+                                                                                for c in after]
+        n_held = len(cmds)
+        act = statsmod.read_snapshot(instance, "act")["values"]
+        assert act["held.stale_robot"] > 0
+        sims["robot"] = _sim("robot", instance, cfg_path, tmp_path)
+        assert wait_for(lambda: len(_commands(log)) > n_held + 5, 20)       # resumed by themselves
+    finally:
+        assert stop(sup, timeout=30) == 0
+        for p in sims.values():
+            stop(p)
+    sess = _session(out)
+    timings = _jsonl(next(sess.glob("performance_timings_*.jsonl")))
+    assert any(t.get("held") == "stale_robot" for t in timings)
+
+
+def test_act_killed_is_restarted_and_recorder_loses_nothing(tmp_path, instance, checkpoints):
+    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints["flow"], "flow")
+    log = out / f"commands_{instance}.jsonl"
+    try:
+        assert wait_for(lambda: len(_commands(log)) > 5, 60), (tmp_path / "run.log").read_text()[-3000:]
+        pid = statsmod.read_snapshot(instance, "act")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic_ns()
+        assert wait_for(lambda: (s := statsmod.read_snapshot(instance, "act"))["pid"] != pid and s["alive"], 30)
+        assert wait_for(lambda: any(c["recv_monotonic_ns"] > t_kill + 0.5e9 for c in _commands(log)), 60)
+        assert statsmod.read_snapshot(instance, "supervisor")["values"]["restarts.act"] == 1
+        time.sleep(1.0)
+    finally:
+        assert stop(sup, timeout=30) == 0
+    sess = _session(out)
+    summary = json.loads(next(sess.glob("performance_summary_*.json")).read_text())
+    assert summary["recorder"]["lost"] == 0
+    timings = [t for t in _jsonl(next(sess.glob("performance_timings_*.jsonl"))) if t.get("action_id") is not None]
+    # two lifetimes of act, each numbering its ticks from 0, and nothing missing in between
+    ids = [t["action_id"] for t in timings]
+    restart = next(i for i in range(1, len(ids)) if ids[i] < ids[i - 1])
+    assert ids[:restart] == list(range(restart)) and ids[restart:] == list(range(len(ids) - restart))
+
+
+def test_run_refuses_a_model_type_mismatch(tmp_path, instance, checkpoints):
+    cfg_path, _ = write_config(tmp_path / "cfg.toml")
+    proc = spawn("run", "regression", "--instance", instance, "--config", str(cfg_path),
+                 "--checkpoint", str(checkpoints["flow"]), "--out", str(tmp_path), log=tmp_path / "run.log")
+    assert proc.wait(60) == 2
+    assert "holds a flow_matching model" in (tmp_path / "run.log").read_text()

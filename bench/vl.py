@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""VL encoding benchmark: one 5-view encode per iteration, per backbone mode.
+
+  shm-vla bench vl [--backbone compact|qwen2.5-vl|tiny-qwen] [--backbone-dir DIR] [--vl-dim N]
+                   [--modes batched,sequential,streams,reference] [--device cpu|cuda] [--iters N] [--json]
+
+* compact: the built-in backbone (the CPU default), one batched forward.
+* qwen2.5-vl: the fast path in each requested mode (batched / sequential / streams) and, with
+  ``reference`` in --modes, the seed's path: PIL preprocessing through the HF image processor,
+  chat template + token expansion per call, full model forward with all hidden states.
+  ``tiny-qwen`` builds a tiny random Qwen2.5-VL locally (exercises the code on a CPU; its
+  timings say nothing about a 3B model).
+
+``--load-seconds S``: no report, just encode continuously for S seconds (the background VL
+load of ``bench/action_head.py --vl-load``).
+Frames are fixed random-but-smooth uint8 (5, 360, 640, 3); timing is wall time per encode
+including the device synchronisation (``encode`` returns host numpy).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shm_vla.config import ModelConfig                       # noqa: E402
+from shm_vla.model import make_backbone                      # noqa: E402
+from shm_vla.model.backbones import format_prompt            # noqa: E402
+
+
+def frames(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:360, 0:640]
+    base = np.stack([128 + 100 * np.sin(xx / 37.0 + k) * np.cos(yy / 23.0 + k) for k in range(3)], -1)
+    return np.clip(base[None] + rng.normal(0, 10, (5, 360, 640, 3)), 0, 255).astype(np.uint8)
+
+
+def _stats(ms):
+    a = np.asarray(ms)
+    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max()), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
+
+
+class ReferencePath:
+    """The seed's per-call path on the same weights (HF image processor on PIL images)."""
+
+    def __init__(self, backbone_dir: str, device: str, prompt: str):
+        from PIL import Image  # noqa: F401
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+        try:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as IP
+        except ImportError:
+            from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as IP
+        self.device = torch.device(device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tok = AutoTokenizer.from_pretrained(backbone_dir, local_files_only=True)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            backbone_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
+        self.ip = IP(min_pixels=640 * 360, max_pixels=640 * 360)
+        self.prompt = prompt
+
+    @torch.inference_mode()
+    def encode(self, views: np.ndarray) -> np.ndarray:
+        from PIL import Image
+        images = [Image.fromarray(v) for v in views]
+        px = self.ip(images, return_tensors="pt")
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
+        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        n = int(px["image_grid_thw"][0].prod()) // 4
+        enc = self.tok([text.replace("<|image_pad|>", "<|image_pad|>" * n)] * len(views), padding=True,
+                       return_tensors="pt")
+        mm = (enc["input_ids"] == self.tok.convert_tokens_to_ids("<|image_pad|>")).int()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(input_ids=enc["input_ids"].to(self.device),
+                             attention_mask=enc["attention_mask"].to(self.device),
+                             pixel_values=px["pixel_values"].to(self.device),
+                             image_grid_thw=px["image_grid_thw"].to(self.device),
+                             mm_token_type_ids=mm.to(self.device), output_hidden_states=True, return_dict=True)
+        return out.hidden_states[-1].float().mean(1).mean(0).cpu().numpy()
+
+
+def run_mode(encoder, views, iters: int, warmup: int, max_seconds: float) -> dict:
+    for _ in range(warmup):
+        encoder.encode(views)
+    ms = []
+    deadline = time.monotonic() + max_seconds
+    for _ in range(iters):
+        t = time.perf_counter_ns()
+        encoder.encode(views)
+        ms.append((time.perf_counter_ns() - t) / 1e6)
+        if time.monotonic() > deadline and len(ms) >= 3:
+            break
+    return _stats(ms)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backbone", choices=("compact", "qwen2.5-vl", "tiny-qwen"), default="compact")
+    ap.add_argument("--backbone-dir", default="")
+    ap.add_argument("--vl-dim", type=int, default=0, help="default: 2048 (compact), the model's hidden size (qwen)")
+    ap.add_argument("--modes", default="batched,sequential,streams")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-seconds", type=float, default=120.0, help="per mode, bound on the measuring loop")
+    ap.add_argument("--load-seconds", type=float, default=0.0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup = min(args.iters, 5), 1
+    views = frames()
+    tmp = None
+    cfg = ModelConfig(backbone="compact", vl_device=args.device)
+    if args.backbone == "tiny-qwen":
+        from shm_vla.model.backbones.qwen_tiny import make_tiny_qwen_dir
+        tmp = tempfile.TemporaryDirectory()
+        args.backbone_dir = str(make_tiny_qwen_dir(tmp.name))
+    if args.backbone != "compact":
+        cfg.backbone, cfg.backbone_dir = "qwen2.5-vl", args.backbone_dir
+        if not args.vl_dim:
+            cfg_json = json.loads((Path(args.backbone_dir) / "config.json").read_text())
+            args.vl_dim = cfg_json.get("text_config", cfg_json).get("hidden_size") or cfg_json["hidden_size"]
+    vl_dim = args.vl_dim or 2048
+    modes = ["batched"] if args.backbone == "compact" else [m for m in args.modes.split(",") if m]
+    if args.load_seconds:
+        bb = make_backbone(cfg, vl_dim, device=args.device)
+        end = time.monotonic() + args.load_seconds
+        while time.monotonic() < end:
+            bb.encode(views)
+        return 0
+    results = []
+    for mode in modes:
+        if mode == "reference":
+            enc = ReferencePath(args.backbone_dir, args.device, format_prompt(cfg.task))
+        elif args.backbone == "compact":
+            enc = make_backbone(cfg, vl_dim, device=args.device)
+        else:
+            enc = make_backbone(cfg, vl_dim, device=args.device, mode=mode)
+        results.append({"backbone": args.backbone, "mode": mode, "vl_dim": vl_dim, "device": args.device,
+                        **run_mode(enc, views, args.iters, args.warmup, args.max_seconds)})
+        del enc
+    report = {"benchmark": "vl", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "shm-vla bench vl " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": {"cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
+                          "torch_threads": torch.get_num_threads(),
+                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+              "views": list(views.shape), "results": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["command"])
+        for r in results:
+            print(f"{r['backbone']:<11} {r['mode']:<10} {r['device']:<6} vl_dim {r['vl_dim']:<5} p50 {r['p50_ms']:8.2f} "
+                  f"p99 {r['p99_ms']:8.2f} max {r['max_ms']:8.2f} ms (n {r['n']})")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import config
 from . import segment as segmod
 
 
@@ -46,10 +47,10 @@ def _clean(instance: str, prefix: str) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="shm-vla shm", description=__doc__)
     parser.add_argument("action", choices=("ls", "clean"))
-    parser.add_argument("--instance", default="default")
-    parser.add_argument("--prefix", default=segmod.DEFAULT_PREFIX)
+    config.add_arguments(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    cfg = config.from_args(args)          # the segment prefix is shm.prefix
     if args.action == "ls":
-        return _ls(args.instance, args.prefix, args.json)
-    return _clean(args.instance, args.prefix)
+        return _ls(cfg.instance, cfg.shm.prefix, args.json)
+    return _clean(cfg.instance, cfg.shm.prefix)

@@ -1,0 +1,123 @@
+"""The action tick in one process: real rings, a real tiny model, a real PULL socket as the robot."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from procs import free_port
+from shm_vla import config
+from shm_vla.gate import Gate
+from shm_vla.model import load_checkpoint
+from shm_vla.model.make_checkpoint import make_checkpoint
+from shm_vla.process import Runtime
+from shm_vla.streams import HOLD_REASONS, Streams
+from shm_vla.workers.act import ActWorker, Commander, Inputs, make_runner
+
+
+@pytest.fixture
+def rig(tmp_path, instance):
+    port = free_port()
+    cfg = config.load(instance, None, [f'command.connect="tcp://127.0.0.1:{port}"', "act.auto_start=true"])
+    ckpt = make_checkpoint(tmp_path / "flow.pt", "tiny", "flow")
+    cfg.model.checkpoint = str(ckpt)
+    loaded = load_checkpoint(ckpt, cfg.model)
+    streams = Streams(cfg)
+    rings = {"vl": streams.create_vl(loaded.info.vl_dim), "sensor": streams.create_sensor(),
+             "robot": streams.create_robot()}
+    results = streams.create_results(loaded.info.horizon, loaded.info.action_dim)
+    rt = Runtime(cfg, "act")
+    sink = zmq.Context.instance().socket(zmq.PULL)
+    sink.bind(f"tcp://127.0.0.1:{port}")
+    runner = make_runner(cfg, loaded)
+    inputs = Inputs(streams, loaded.info.vl_dim, cfg.sensor.window, loaded.info.robot_window,
+                    rings["vl"], rings["sensor"], rings["robot"])
+    worker = ActWorker(rt, runner, inputs, results, Commander(rt))
+    time.sleep(0.3)                                   # let the PUSH connect (IMMEDIATE drops otherwise)
+    yield worker, rings, results, sink, cfg
+    worker.commander.close()
+    sink.close(0)
+    rt.close()
+
+
+def _feed(rings, vl_value=0.1, n_sensor=70, n_robot=20):
+    for _ in range(n_sensor):
+        rings["sensor"].write(np.full(1026, 0.01, np.float32))
+    for _ in range(n_robot):
+        rings["robot"].write(np.full(12, 1.0, np.float32))
+    slot = rings["vl"].begin()
+    slot["feature"] = vl_value
+    slot["update"] = rings["vl"].head + 1
+    slot["frame_recv_mono_ns"] = time.monotonic_ns()
+    rings["vl"].commit()
+
+
+def _last_result(results):
+    out = np.zeros(1, results.dtype)
+    results.latest(out)
+    return out[0]
+
+
+def _recv(sink, timeout_ms=1000):
+    if sink.poll(timeout_ms):
+        return json.loads(sink.recv())
+    return None
+
+
+def test_no_command_without_inputs_then_start_then_clamped_dpose(rig):
+    worker, rings, results, sink, cfg = rig
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert HOLD_REASONS[_last_result(results)["held"]] == "no_vl_feature"
+    assert _recv(sink, 200) is None
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert _recv(sink) == {"cmd": "start", "start_joints": cfg.command.start_joints, "lock_j6": False}
+    r = _last_result(results)
+    cmd = _recv(sink)
+    assert cmd["cmd"] == "dpose" and r["held"] == 0 and r["sent"] == 1
+    limits = np.array([cfg.act.clamp_mm] * 3 + [cfg.act.clamp_deg] * 3)
+    np.testing.assert_allclose(cmd["dp"], np.clip(r["actions"][0, :6], -limits, limits), atol=1e-7)
+    assert np.isfinite(r["actions"]).all() and r["sensor_buffer_size"] == 65 and r["robot_buffer_size"] == 20
+    assert r["sensor_age_ms"] >= 0 and r["robot_age_ms"] >= 0
+
+
+def test_robot_window_is_front_padded_while_the_ring_fills(rig):
+    worker, rings, results, sink, cfg = rig
+    _feed(rings, n_robot=7)
+    worker.tick(time.monotonic_ns(), 0.0)
+    robot_in = worker.runner.robot_in
+    assert (robot_in[:-7] == 0).all() and (robot_in[-7:] == 1).all()
+
+
+def test_stale_inputs_and_nonfinite_output_withhold_the_command(rig):
+    worker, rings, results, sink, cfg = rig
+    _feed(rings)
+    time.sleep(cfg.act.max_sensor_age_ms / 1e3 + 0.05)
+    rings["vl"].write(rings["vl"].payload[0])           # keep VL fresh; sensor and robot go stale
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert HOLD_REASONS[_last_result(results)["held"]] == "stale_sensor"
+    assert _recv(sink, 200) is None
+    _feed(rings, vl_value=3e38)                         # finite input that overflows in the head
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert HOLD_REASONS[r["held"]] == "nonfinite_output"
+    assert r["sent"] == 0
+    while (msg := _recv(sink, 200)) is not None:
+        assert msg["cmd"] == "start"                    # the auto-start went out, no dpose
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert _last_result(results)["held"] == 0           # commands resume by themselves
+
+
+def test_gate_order_and_nan_ages():
+    gate = Gate(config.Config().act)
+    fresh = {"sensor": 1.0, "robot": 1.0, "vl": 10.0}
+    assert gate.check_inputs(True, 65, 100, fresh) == ""
+    assert gate.check_inputs(False, 0, 0, fresh) == "no_vl_feature"
+    assert gate.check_inputs(True, 0, 100, fresh) == "no_sensor"
+    assert gate.check_inputs(True, 65, 0, fresh) == "no_robot"
+    assert gate.check_inputs(True, 65, 100, dict(fresh, robot=201.0)) == "stale_robot"
+    assert gate.check_inputs(True, 65, 100, dict(fresh, vl=float("nan"))) == "stale_vl"

@@ -1,0 +1,220 @@
+"""`shm-vla-stat [--instance NAME] [--interval 1] [--once] [--json] [--config PATH]`
+
+A live view of one pipeline instance, like top, built only from shared memory (read-only:
+see stat_model). Ctrl+C exits with code 0. `--once` prints one view and exits; `--json`
+prints the snapshot (schema: docs/STAT.md), once with `--once`, else one line per interval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import config as configmod
+from .stat_model import ProcessSampler, build_snapshot, json_safe
+
+STYLES = {"ok": "green", "warn": "yellow", "bad": "bold red", "none": ""}
+ONCE_CPU_WINDOW_S = 0.25    # --once measures CPU% over this long
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt(value, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and spec == "":
+        spec = ".1f"
+    return format(value, spec)
+
+
+def cell(value, level: str = "none", spec: str = "") -> Text:
+    return Text(fmt(value, spec), style=STYLES.get(level, ""))
+
+
+def lv(section: dict, key: str) -> str:
+    return section.get("levels", {}).get(key, "none")
+
+
+def field(section: dict, key: str, spec: str = "") -> Text:
+    return cell(section.get(key), lv(section, key), spec)
+
+
+def mib(n) -> str:
+    return "-" if n is None else f"{n / (1 << 20):.0f}"
+
+
+def by_kind(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "-"
+
+
+def _table(title: str, *columns: str, wrap_last: bool = False) -> Table:
+    t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, c in enumerate(columns):
+        last = wrap_last and i == len(columns) - 1
+        t.add_column(c, justify="left" if i == 0 or last else "right", no_wrap=not last,
+                     overflow="fold" if last else "ellipsis")
+    return t
+
+
+def seen(ms: float) -> str:
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1e3:.1f} s" if ms < 600e3 else f"{ms / 60e3:.0f} min"
+
+
+# --------------------------------------------------------------------------- sections
+def header(snap: dict) -> Text:
+    stamp = time.strftime("%H:%M:%S", time.localtime(snap["wall_time_ns"] / 1e9))
+    text = Text(f"shm-vla-stat  instance {snap['instance']}  {stamp}  ", style="bold")
+    text.append(f"{snap['processes_up']}/{snap['processes_total']} processes up",
+                style="green" if 0 < snap["processes_up"] == snap["processes_total"] else "yellow")
+    return text
+
+
+def processes_table(snap: dict) -> Table:
+    t = _table("processes", "process", "state", "pid", "heartbeat", "CPU%", "RSS MiB", "restarts", "retry")
+    for name, p in snap["processes"].items():
+        style = STYLES[p["level"]]
+        beat = seen(p["heartbeat_age_ms"]) + ("" if p["alive"] else " ago")
+        t.add_row(name, Text(p["state"], style=style), Text(str(p["pid"]), style="" if p["alive"] else "dim"),
+                  Text(beat, style=style if not p["alive"] else ""), fmt(p["cpu_percent"]), mib(p["rss_bytes"]),
+                  fmt(p["restarts"]), fmt(p["read_retries"]))
+    return t
+
+
+def inputs_table(snap: dict) -> Table:
+    t = _table("inputs", "stream", "Hz", "age ms", "lat ms", "max ms", "records", "drops", "errors", wrap_last=True)
+    t.columns[-1].min_width = 16
+    for kind, s in snap["inputs"].items():
+        name = Text(kind, style="" if s["state"] == "up" else STYLES["warn"])
+        t.add_row(name, field(s, "rate_hz"), field(s, "age_ms", ".0f"), field(s, "latency_ms", ".2f"),
+                  field(s, "latency_max_ms", ".2f"), fmt(s["records"]), field(s, "drops"),
+                  Text(by_kind(s["errors"]), style=STYLES[lv(s, "errors_total")]))
+        if kind == "camera":
+            for view, r in snap["streams"].items():
+                if view.startswith("view"):
+                    t.add_row(Text(f" {view}", style="dim"), field(r, "rate_hz"), field(r, "age_ms", ".0f"),
+                              "", "", fmt(r["records"]), "", "")
+    return t
+
+
+def pipeline_table(snap: dict) -> Table:
+    vl, act, rec = snap["vl"], snap["act"], snap["record"]
+    t = _table("pipeline", "stage", "state", "values", wrap_last=True)
+    t.add_row("vl", vl["state"], _line(vl, [("updates", "updates", ""), ("encode ms p50", "encode_ms_p50", ".1f"),
+                                            ("p99", "encode_ms_p99", ".1f"), ("feature age ms", "feature_age_ms", ".0f"),
+                                            ("skew ms", "view_skew_ms", ".1f"), ("rejected", "rejected_sets", ""),
+                                            ("read errors", "read_errors", "")]))
+    held = _line(act, [("sent", "commands_sent", ""), ("failed", "commands_failed", ""), ("withheld", "held_total", "")])
+    held.append(by_kind(act["held"]) if act["held_total"] else "", style=STYLES[lv(act, "held_total")])
+    t.add_row("act", act["state"], _line(act, [("ticks", "ticks", ""), ("Hz", "rate_hz", ".2f"),
+                                               ("latency ms p50", "latency_ms_p50", ".1f"),
+                                               ("p99", "latency_ms_p99", ".1f"),
+                                               ("lateness ms p99", "lateness_ms_p99", ".1f"),
+                                               ("missed", "missed_ticks", ""), ("clamped", "clamped_ticks", ""),
+                                               ("result age ms", "result_age_ms", ".0f")]))
+    t.add_row("", "", held)
+    t.add_row("record", rec["state"], _line(rec, [("written", "records_written", ""),
+                                                  ("vl updates", "vl_updates_written", ""),
+                                                  ("lag", "lag_records", ".0f"), ("lost", "lost", ""),
+                                                  ("data lost", "data_lost", "")]))
+    return t
+
+
+def _line(section: dict, items: list) -> Text:
+    text = Text()
+    for label, key, spec in items:
+        text.append(f"{label} ", style="dim")
+        text.append_text(field(section, key, spec))
+        text.append("  ")
+    return text
+
+
+def gpu_line(snap: dict) -> Text | None:
+    gpu = snap["gpu"]
+    if gpu is None:
+        return None
+    if gpu["error"]:
+        return Text(f"GPU: {gpu['error']}", style="yellow")
+    parts = [f"{d['device']} {mib(d['used_bytes'])}/{mib(d['total_bytes'])} MiB" for d in gpu["devices"]]
+    return Text("GPU memory: " + ", ".join(parts))
+
+
+def render(snap: dict):
+    """The whole view as one rich renderable."""
+    parts = [header(snap)]
+    if not snap["processes"]:
+        parts.append(Text(f"no processes of instance {snap['instance']} (prefix {snap['prefix']}): "
+                          "nothing has written a stats segment yet", style="yellow"))
+        if not any(s["present"] for s in snap["streams"].values()):
+            return Group(*parts)
+    else:
+        parts.append(processes_table(snap))
+    parts += [inputs_table(snap), pipeline_table(snap)]
+    gpu = gpu_line(snap)
+    if gpu is not None:
+        parts.append(gpu)
+    return Group(*parts)
+
+
+# --------------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shm-vla-stat", description=__doc__.splitlines()[0])
+    configmod.add_arguments(p)
+    p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period in seconds (default 1)")
+    p.add_argument("--once", action="store_true", help="print one view (or one JSON snapshot) and exit")
+    p.add_argument("--json", action="store_true", help="JSON snapshot (docs/STAT.md) instead of the table")
+    return p
+
+
+def _once(cfg, as_json: bool, console: Console) -> None:
+    sampler = ProcessSampler()
+    build_snapshot(cfg, sampler, with_gpu=False)       # primes CPU% counters
+    time.sleep(ONCE_CPU_WINDOW_S)
+    snap = build_snapshot(cfg, sampler)
+    if as_json:
+        print(json.dumps(json_safe(snap), indent=1), flush=True)
+    else:
+        console.print(render(snap))
+
+
+def _live(cfg, interval: float, as_json: bool, console: Console) -> None:
+    sampler = ProcessSampler()
+    if as_json:
+        while True:
+            print(json.dumps(json_safe(build_snapshot(cfg, sampler))), flush=True)
+            time.sleep(interval)
+    with Live(render(build_snapshot(cfg, sampler)), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(render(build_snapshot(cfg, sampler)), refresh=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.interval > 0:
+        print("shm-vla-stat: --interval must be > 0", file=sys.stderr)
+        return 2
+    cfg = configmod.from_args(args)
+    signal.signal(signal.SIGTERM, _interrupt)           # stop like Ctrl+C: exit 0, terminal restored
+    console = Console()
+    try:
+        if args.once:
+            _once(cfg, args.json, console)
+        else:
+            _live(cfg, args.interval, args.json, console)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:      # `shm-vla-stat --json | head`
+        sys.stderr.close()
+        return 0
+    return 0

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark (issue 5 item 7): shm-vla against a seed-style threaded receiver.
+
+    bench/e2e.py [--duration S] [--quick] [--json] [--model flow|regression] [--warmup S]
+    shm-vla bench e2e ...            (the same script, through runpy)
+
+In one run, sequentially, with the same simulators (``shm-vla sim all``: 5 cameras at 5 Hz,
+robot at 100 Hz, sensor at 650 records/s, the command sink), the same loopback ports, the
+same tiny checkpoint (generated into a temporary directory) and the same measured duration:
+
+a. shm-vla: ``shm-vla run MODEL --sim`` (supervisor, 3 ingest processes, vl, act, record);
+b. baseline: bench/baseline_threaded.py (one process: threads, locks, deques, 10 ms poll)
+   beside ``shm-vla sim all``.
+
+Each side is measured over a window of ``--duration`` seconds that starts ``--warmup``
+seconds after its first action record. From its timing records (analysed with
+shm_vla.analyze, restricted to the window): tick jitter (p99 of |tick_lateness_ms|), the
+interval error (|time between tick starts - period|, a definition that does not depend on
+either runtime's idea of its schedule), input freshness at inference (p50/p99 sensor, robot,
+frame and VL age), action latency (total_time p50/p99), achieved rate; commands the sink
+received in the window; CPU% per process (CPU time / wall time over the window, 100 % = one
+core; the simulators separately so that they can be excluded); machine load. Ratios are
+baseline / shm-vla. Targets: shm-vla jitter p99 <= 2 ms, sensor age p99 <= 10 ms, and a
+baseline/shm-vla jitter p99 ratio >= 5.
+
+Benchmarks report; they assert nothing. Exit code 0 unless a side failed to run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from shm_vla import analyze  # noqa: E402
+
+DEFAULT_DURATION_S = 30.0
+QUICK_DURATION_S = 8.0
+DEFAULT_WARMUP_S = 3.0
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 45.0
+TICK_HZ = 10.0
+TARGETS = {"shm_vla_jitter_p99_ms": 2.0, "shm_vla_sensor_age_p99_ms": 10.0, "jitter_p99_ratio_min": 5.0}
+SIM_PREFIX = "sim"
+
+
+# --------------------------------------------------------------------------- one side
+class Side:
+    """One measured run: its processes, its session directory, its command log."""
+
+    def __init__(self, name: str, workdir: Path, ctx: argparse.Namespace):
+        self.name, self.ctx = name, ctx
+        self.dir = workdir / name
+        self.out = self.dir / "out"
+        self.out.mkdir(parents=True)
+        self.instance = C.unique_instance("e2e")
+        self.command_log = self.out / f"commands_{self.instance}.jsonl"
+        self.procs = C.Procs(self.dir)
+        self.window: tuple[float, float] | None = None
+        self.cpu: dict = {}
+        self.load: dict = {}
+        self.exit_codes: dict = {}
+
+    def common_args(self) -> list[str]:
+        return ["--instance", self.instance, "--config", str(self.ctx.config)]
+
+    def start(self):
+        """Start the side's processes; returns the Popen of the one that must stay alive."""
+        raise NotImplementedError
+
+    def processes(self) -> dict[str, psutil.Process]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.procs.stop_all(STOP_TIMEOUT_S)
+        self.exit_codes = {name: p.returncode for name, p in self.procs.procs.items()}
+
+    def log_tail(self, lines: int = 5) -> str:
+        tails = []
+        for log in sorted(self.dir.glob("*.log")):
+            text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+            tails.append(f"[{log.stem}] " + " | ".join(text))
+        return " ".join(tails)
+
+    def timings_file(self) -> Path | None:
+        found = sorted(self.out.glob("async_inference_*/performance_timings_*.jsonl"))
+        return found[-1] if found else None
+
+    def first_action_seen(self) -> bool:
+        path = self.timings_file()
+        return path is not None and '"action_id"' in path.read_text(errors="replace")
+
+    def measure(self) -> None:
+        """Wait for the first action, warm up, then measure one window."""
+        main = self.start()
+        if not C.wait_for(self.first_action_seen, START_TIMEOUT_S, alive=lambda: main.poll() is None):
+            raise RuntimeError(f"{self.name}: no action record within {START_TIMEOUT_S:.0f} s; "
+                               f"log tail: {self.log_tail()}")
+        time.sleep(self.ctx.warmup)
+        self.procs.remember_descendants()
+        with C.LoadSampler() as load:
+            cpu = C.CpuWindow(self.processes())
+            start = time.time()
+            time.sleep(self.ctx.duration)
+            self.window = (start, time.time())
+            self.cpu = cpu.finish()
+        self.load = load.summary()
+
+
+class ShmVlaSide(Side):
+    def start(self):
+        argv = C.cli_argv("run", self.ctx.model, *self.common_args(), "--sim", "--checkpoint",
+                          str(self.ctx.checkpoint), "--out", str(self.out))
+        return self.procs.start("supervisor", argv)
+
+    def processes(self) -> dict[str, psutil.Process]:
+        sup = psutil.Process(self.procs.procs["supervisor"].pid)
+        found = {"supervisor": sup}
+        for child in sup.children(recursive=True):
+            found[role_of(child)] = child
+        return found
+
+    def stop(self) -> None:
+        super().stop()
+        C.remove_instance(self.instance)
+
+
+class BaselineSide(Side):
+    def start(self):
+        self.procs.start(SIM_PREFIX, C.cli_argv("sim", "all", *self.common_args(), "--log", str(self.command_log)),
+                         capture_stdout=True)
+        script = Path(__file__).with_name("baseline_threaded.py")
+        argv = [sys.executable, str(script), *self.common_args(), "--checkpoint", str(self.ctx.checkpoint),
+                "--out", str(self.out), "--head", self.ctx.head]
+        return self.procs.start("baseline", argv)
+
+    def processes(self) -> dict[str, psutil.Process]:
+        return {name: psutil.Process(self.procs.procs[name].pid) for name in ("baseline", SIM_PREFIX)}
+
+    def stop(self) -> None:
+        self.procs.stop_all(STOP_TIMEOUT_S, order=["baseline", SIM_PREFIX])
+        self.exit_codes = {name: p.returncode for name, p in self.procs.procs.items()}
+
+
+def role_of(p: psutil.Process) -> str:
+    """'ingest-camera', 'vl', 'act', 'record', 'sim' ... from a child's command line."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return f"pid{p.pid}"
+    if "shm_vla.cli" in cmd:
+        args = cmd[cmd.index("shm_vla.cli") + 1:]
+        if args and args[0] == "ingest" and len(args) > 1:
+            return f"ingest-{args[1]}"
+        if args:
+            return SIM_PREFIX if args[0] == "sim" else args[0]
+    return f"pid{p.pid}"
+
+
+# --------------------------------------------------------------------------- analysis
+def window_file(timings: Path, window: tuple[float, float], dest: Path) -> Path:
+    """The records whose timestamp falls in the window, as a timings file of their own."""
+    lo, hi = window
+    with open(timings, encoding="utf-8", errors="replace") as src, open(dest, "w", encoding="utf-8") as out:
+        for line in src:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            ts = record.get("timestamp") if isinstance(record, dict) else None
+            if isinstance(ts, (int, float)) and lo <= ts <= hi:
+                out.write(line)
+    return dest
+
+
+def interval_error(timings_window: Path) -> dict | None:
+    stamps = []
+    with open(timings_window, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if analyze.is_action_record(record):
+                stamps.append(record["timestamp"])
+    if len(stamps) < 3:
+        return None
+    intervals_ms = np.diff(np.sort(np.asarray(stamps))) * 1e3
+    return analyze.describe(np.abs(intervals_ms - 1e3 / TICK_HZ))
+
+
+def commands_in_window(log: Path, window: tuple[float, float]) -> dict:
+    counts = {"valid": 0, "invalid": 0}
+    if not log.is_file():
+        return counts
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if window[0] <= entry.get("recv_wall_s", -1) <= window[1]:
+            counts["valid" if entry.get("valid") else "invalid"] += 1
+    return counts
+
+
+def pick(stats: dict | None, key: str):
+    return None if stats is None else stats.get(key)
+
+
+def side_result(side: Side) -> dict:
+    timings = side.timings_file()
+    if timings is None or side.window is None:
+        raise RuntimeError(f"{side.name}: no timings file")
+    windowed = window_file(timings, side.window, side.dir / "window_timings.jsonl")
+    report = analyze.analyze(analyze.load_session(windowed))
+    fresh = report["freshness"]
+    duration = side.window[1] - side.window[0]
+    return {
+        "session_dir": str(timings.parent),
+        "window_s": duration,
+        "ticks": report["records"]["actions"],
+        "expected_ticks": int(round(duration * TICK_HZ)),
+        "rate_hz": report["rate_hz"],
+        "jitter_ms": _short(report["jitter"]),
+        "interval_error_ms": _short(interval_error(windowed)),
+        "freshness_ms": {name: _short(fresh[name]) for name in ("sensor_age", "robot_age", "frame_age", "vl_age")},
+        "latency_ms": _short(report["stages"]["total"]),
+        "action_prediction_ms": _short(report["stages"]["action_prediction"]),
+        "vl_encoding_ms": _short(report["stages"]["vl_encoding"]),
+        "holds": report["holds"]["by_reason"],
+        "commands_in_window": commands_in_window(side.command_log, side.window),
+        "cpu_pct": side.cpu,
+        "cpu_total_pct": C.total_pct(side.cpu, exclude=(SIM_PREFIX,)),
+        "cpu_sims_pct": C.total_pct({k: v for k, v in side.cpu.items() if k.startswith(SIM_PREFIX)}),
+        "load": side.load,
+        "exit_codes": side.exit_codes,
+        "warnings": report["warnings"],
+    }
+
+
+def _short(stats: dict | None) -> dict | None:
+    if stats is None:
+        return None
+    return {k: stats[k] for k in ("count", "p50_ms", "p99_ms", "max_ms", "mean_ms")}
+
+
+def run_side(side: Side) -> dict:
+    try:
+        side.measure()
+    finally:
+        side.stop()
+    return side_result(side)
+
+
+# --------------------------------------------------------------------------- comparison
+def p99(run: dict, *path: str):
+    node = run
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return pick(node, "p99_ms")
+
+
+def ratios(shm: dict, base: dict) -> dict:
+    r = {"jitter_p99": C.ratio(p99(base, "jitter_ms"), p99(shm, "jitter_ms")),
+         "interval_error_p99": C.ratio(p99(base, "interval_error_ms"), p99(shm, "interval_error_ms")),
+         "latency_p50": C.ratio(pick(base["latency_ms"], "p50_ms"), pick(shm["latency_ms"], "p50_ms")),
+         "latency_p99": C.ratio(p99(base, "latency_ms"), p99(shm, "latency_ms")),
+         "cpu_total": C.ratio(base["cpu_total_pct"], shm["cpu_total_pct"])}
+    for name in ("sensor_age", "robot_age", "frame_age"):
+        r[f"{name}_p99"] = C.ratio(p99(base, "freshness_ms", name), p99(shm, "freshness_ms", name))
+    return r
+
+
+def targets(shm: dict, r: dict) -> dict:
+    jitter, sensor, ratio = p99(shm, "jitter_ms"), p99(shm, "freshness_ms", "sensor_age"), r["jitter_p99"]
+    return {
+        "shm_vla_jitter_p99_ms": {"target": f"<= {TARGETS['shm_vla_jitter_p99_ms']}", "value": jitter,
+                                  "met": jitter is not None and jitter <= TARGETS["shm_vla_jitter_p99_ms"]},
+        "shm_vla_sensor_age_p99_ms": {"target": f"<= {TARGETS['shm_vla_sensor_age_p99_ms']}", "value": sensor,
+                                      "met": sensor is not None and sensor <= TARGETS["shm_vla_sensor_age_p99_ms"]},
+        "jitter_p99_ratio": {"target": f">= {TARGETS['jitter_p99_ratio_min']}", "value": ratio,
+                             "met": ratio is not None and ratio >= TARGETS["jitter_p99_ratio_min"]},
+    }
+
+
+# --------------------------------------------------------------------------- text
+def render(report: dict) -> str:
+    runs = report["runs"]
+    lines = [f"{report['command']}   ({report['date']})",
+             f"machine: {report['machine']['nproc']} CPUs, {report['machine']['cpu_model']}; model "
+             f"{report['model']} (tiny), {report['duration_s']:g} s measured per side after "
+             f"{report['warmup_s']:g} s warm-up", ""]
+    rows = [("ticks / expected", lambda r: f"{r['ticks']} / {r['expected_ticks']}"),
+            ("rate Hz", lambda r: C.fmt(r["rate_hz"])),
+            ("jitter p50 / p99 ms", lambda r: _pair(r["jitter_ms"])),
+            ("interval err p50/p99", lambda r: _pair(r["interval_error_ms"])),
+            ("sensor age p50/p99", lambda r: _pair(r["freshness_ms"]["sensor_age"])),
+            ("robot age p50/p99", lambda r: _pair(r["freshness_ms"]["robot_age"])),
+            ("frame age p50/p99", lambda r: _pair(r["freshness_ms"]["frame_age"])),
+            ("latency p50/p99 ms", lambda r: _pair(r["latency_ms"])),
+            ("commands (window)", lambda r: str(r["commands_in_window"]["valid"])),
+            ("CPU % (excl. sims)", lambda r: C.fmt(r["cpu_total_pct"], 1)),
+            ("CPU % sims", lambda r: C.fmt(r["cpu_sims_pct"], 1)),
+            ("load1 max", lambda r: C.fmt(r["load"].get("load1_max")))]
+    names = [n for n in ("shm_vla", "baseline") if n in runs]
+    lines.append(f"{'':<22}" + "".join(f"{n:>22}" for n in names))
+    for label, get in rows:
+        lines.append(f"{label:<22}" + "".join(f"{get(runs[n]):>22}" for n in names))
+    for n in names:
+        lines.append(f"CPU % per process ({n}): " + ", ".join(
+            f"{k} {C.fmt(v, 1)}" for k, v in runs[n]["cpu_pct"].items()))
+    if report.get("ratios"):
+        lines.append("ratios baseline / shm-vla: " + ", ".join(
+            f"{k} {C.fmt(v)}" for k, v in report["ratios"].items()))
+    for name, t in report.get("targets", {}).items():
+        lines.append(f"target {name} {t['target']}: {C.fmt(t['value'])} -> {'met' if t['met'] else 'NOT met'}")
+    lines += [f"error: {e}" for e in report.get("errors", [])]
+    return "\n".join(lines)
+
+
+def _pair(stats: dict | None) -> str:
+    return "-" if stats is None else f"{stats['p50_ms']:.2f} / {stats['p99_ms']:.2f}"
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="shm-vla bench e2e", description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help=f"measured seconds per side (default {DEFAULT_DURATION_S:g}; --quick {QUICK_DURATION_S:g})")
+    p.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, metavar="S",
+                   help="seconds after the first action before measuring")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION_S:g} s per side")
+    p.add_argument("--model", choices=("flow", "regression"), default="flow")
+    p.add_argument("--head", choices=("seed", "runner"), default="seed",
+                   help="baseline head: the seed's tick strategy (default) or shm-vla's TickRunner")
+    p.add_argument("--only", choices=("shm_vla", "baseline"), default=None, help="run one side only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    args.duration = args.duration or (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    C.terminate_as_interrupt()
+    report = C.report_header("e2e", argv)
+    report.update(model=args.model, duration_s=args.duration, warmup_s=args.warmup, baseline_head=args.head,
+                  runs={}, errors=[])
+    with tempfile.TemporaryDirectory(prefix="shm-vla-e2e-") as tmp:
+        work = Path(tmp)
+        from shm_vla.model.make_checkpoint import make_checkpoint
+        args.checkpoint = make_checkpoint(work / f"tiny-{args.model}.pt", "tiny", args.model)
+        args.config = work / "loopback.toml"
+        report["ports"] = C.write_loopback_config(args.config)
+        sides = {"shm_vla": ShmVlaSide, "baseline": BaselineSide}
+        for name, cls in sides.items():
+            if args.only in (None, name):
+                try:
+                    report["runs"][name] = run_side(cls(name, work, args))
+                except RuntimeError as exc:
+                    report["errors"].append(str(exc))
+    runs = report["runs"]
+    if "shm_vla" in runs and "baseline" in runs:
+        report["ratios"] = ratios(runs["shm_vla"], runs["baseline"])
+        report["targets"] = targets(runs["shm_vla"], report["ratios"])
+    C.emit(report, args.json, render)
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Smoke runs of bench/e2e.py, bench/baseline_threaded.py and bench/ingest.py with tiny
+durations: each runs to the end and prints the documented JSON. Only the schema is checked,
+never a timing value (timings on a shared CI machine mean nothing)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shm_vla.shm import segment
+
+from procs import REPO, spawn, stop, write_config
+
+pytestmark = pytest.mark.slow
+RUN_TIMEOUT_S = 50
+
+
+def run_bench(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "shm_vla.cli", "bench", *args, "--json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def check_stats(stats) -> None:
+    assert isinstance(stats, dict)
+    for key in ("count", "p50_ms", "p99_ms", "max_ms", "mean_ms"):
+        assert isinstance(stats[key], (int, float)), key
+
+
+def check_header(report: dict, name: str) -> None:
+    assert report["benchmark"] == name
+    assert report["schema"] == f"shm-vla.bench.{name}/1"
+    assert report["command"].startswith(f"shm-vla bench {name}")
+    assert {"nproc", "cpu_model", "load_avg_at_start"} <= set(report["machine"])
+    assert report["errors"] == []
+
+
+def check_targets(report: dict, names: set) -> None:
+    assert set(report["targets"]) == names
+    for t in report["targets"].values():
+        assert {"target", "value", "met"} <= set(t) and isinstance(t["met"], bool)
+
+
+def check_e2e_run(run: dict) -> None:
+    assert isinstance(run["ticks"], int) and run["ticks"] > 0
+    assert isinstance(run["expected_ticks"], int)
+    for key in ("jitter_ms", "interval_error_ms", "latency_ms", "action_prediction_ms"):
+        check_stats(run[key])
+    for name in ("sensor_age", "robot_age", "frame_age", "vl_age"):
+        check_stats(run["freshness_ms"][name])
+    assert set(run["commands_in_window"]) == {"valid", "invalid"}
+    assert run["cpu_pct"] and all(isinstance(v, (int, float)) for v in run["cpu_pct"].values())
+    assert "sim" in run["cpu_pct"]
+    assert isinstance(run["cpu_total_pct"], float) and isinstance(run["cpu_sims_pct"], float)
+    assert {"load1_start", "load1_end", "load1_max", "machine_cpu_pct_mean"} <= set(run["load"])
+
+
+def test_e2e_json_schema():
+    report = run_bench("e2e", "--duration", "1.5", "--warmup", "0.5")
+    check_header(report, "e2e")
+    assert report["model"] == "flow" and report["baseline_head"] == "seed"
+    assert set(report["runs"]) == {"shm_vla", "baseline"}
+    for run in report["runs"].values():
+        check_e2e_run(run)
+    assert {"act", "vl", "record", "ingest-camera", "ingest-robot", "ingest-sensor", "supervisor"} <= \
+        set(report["runs"]["shm_vla"]["cpu_pct"])
+    assert set(report["runs"]["baseline"]["cpu_pct"]) == {"baseline", "sim"}
+    assert {"jitter_p99", "sensor_age_p99", "robot_age_p99", "frame_age_p99", "latency_p50", "latency_p99",
+            "cpu_total", "interval_error_p99"} == set(report["ratios"])
+    check_targets(report, {"shm_vla_jitter_p99_ms", "shm_vla_sensor_age_p99_ms", "jitter_p99_ratio"})
+
+
+def test_ingest_json_schema():
+    report = run_bench("ingest", "--quick", "--duration", "1", "--step-duration", "1", "--rates", "650",
+                       "--warmup", "0.5")
+    check_header(report, "ingest")
+    nominal = report["nominal"]
+    assert set(nominal["ingest"]) == {"ingest-camera", "ingest-robot", "ingest-sensor"}
+    for row in nominal["ingest"].values():
+        assert {"cpu_pct", "records_per_s", "messages_per_s", "drops", "errors"} == set(row)
+    assert isinstance(nominal["ingest_cpu_total_pct"], float)
+    assert set(nominal["sims"]) == {"sim-camera", "sim-robot", "sim-sensor"}
+    steps = report["sensor_steps"]
+    assert [s["rate_hz"] for s in steps["steps"]] == [650.0]
+    step = steps["steps"][0]
+    for key in ("records_sent", "records_stored", "lost", "drops", "kernel_drops", "errors"):
+        assert isinstance(step[key], int), key
+    assert isinstance(step["zero_loss"], bool) and isinstance(step["sender_limited"], bool)
+    check_targets(report, {"ingest_cpu_total_pct", "sensor_sustained_rate_hz"})
+
+
+def test_baseline_threaded_summary(tmp_path):
+    config, _ = write_config(tmp_path / "cfg.toml")
+    instance = f"t{uuid.uuid4().hex[:10]}"
+    from shm_vla.model.make_checkpoint import make_checkpoint
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", "tiny", "regression")
+    sim = spawn("sim", "all", "--instance", instance, "--config", str(config), "--duration", "30")
+    try:
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "baseline_threaded.py"), "--instance", instance,
+                               "--config", str(config), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"),
+                               "--duration", "2"], cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    finally:
+        stop(sim)
+        segment.remove_instance(instance)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["model_type"] == "regression" and summary["head"] == "seed"
+    assert isinstance(summary["ticks"], int)
+    timings = Path(summary["timings"])
+    assert timings.parent == Path(summary["session_dir"]) and timings.name.startswith("performance_timings_")
+    records = [json.loads(line) for line in timings.read_text().splitlines()]
+    actions = [r for r in records if "action_id" in r]
+    from shm_vla.workers.session_stats import ACTION_FIELDS
+    assert all(list(r) == list(ACTION_FIELDS) for r in actions)

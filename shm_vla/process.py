@@ -30,6 +30,7 @@ class Runtime:
         self.running = True
         self._last_beat_ns = 0
         self._errors: dict[str, object] = {}
+        self._watched: list = []          # (ring, counter, last exported retries)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
 
@@ -44,6 +45,17 @@ class Runtime:
         counter.inc()
         self.rlog.warning(kind, "input error %s: %s", kind, detail)
 
+    def watch_reads(self, ring, stream: str) -> None:
+        """Export a reader's seqlock retries on `ring` as the counter read_retries.<stream>."""
+        self._watched.append([ring, self.stats.counter(f"read_retries.{stream}"), 0])
+
+    def _export_retries(self) -> None:
+        for entry in self._watched:
+            ring, counter, last = entry
+            if ring.retries != last:
+                counter.inc(ring.retries - last)
+                entry[2] = ring.retries
+
     def ready(self, status: str = "") -> None:
         self.stats.set_state("up")
         self.notifier.ready(status or f"{self.process} up")
@@ -55,6 +67,7 @@ class Runtime:
             self._last_beat_ns = now
             self.stats.heartbeat()
             self.notifier.watchdog()
+            self._export_retries()
 
     def close(self) -> None:
         self.notifier.stopping()

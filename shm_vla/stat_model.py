@@ -10,8 +10,6 @@ thresholds in config (``stat.warn_periods``, ``stat.stale_periods`` and the stre
 from __future__ import annotations
 
 import math
-import mmap
-import os
 import time
 
 import numpy as np
@@ -35,49 +33,14 @@ RETRIES_PREFIX = "read_retries."
 # --------------------------------------------------------------------------- read-only access
 def attach_read_only(name: str) -> segmod.Segment:
     """Map a segment PROT_READ from an O_RDONLY descriptor (no create, no lock, no write)."""
-    path = segmod.SHM_DIR / name.lstrip("/")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise segmod.SegmentMissing(f"shared-memory segment {name} does not exist") from None
-    except PermissionError:
-        raise segmod.ShmError(f"no permission to open {name} (segments are 0600/0660)") from None
-    try:
-        size = os.fstat(fd).st_size
-        if size < segmod.HEADER_BYTES:
-            raise segmod.ShmError(f"{name} is not initialised yet ({size} bytes)")
-        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-    except BaseException:
-        os.close(fd)
-        raise
-    return segmod.Segment(name, fd, mm, writer=False)
+    return segmod.Segment.attach(name, read_only=True)
 
 
 def read_stats(instance: str, process: str, prefix: str) -> dict:
-    """Like shm.stats.read_snapshot, through a read-only mapping."""
-    seg = attach_read_only(segmod.segment_name(instance, statsmod.stats_stream(process), prefix))
-    try:
-        layout = seg.layout()
-        if layout.get("kind") != "stats":
-            raise segmod.LayoutMismatch(f"{seg.name}: not a stats segment")
-        base = segmod.HEADER_BYTES
-        proc = np.ndarray((), statsmod.PROCESS_DTYPE, buffer=seg.mm, offset=base).copy()
-        n = min(int(proc["n_entries"]), int(layout["max_entries"]))
-        entries = np.ndarray((n,), statsmod.ENTRY_DTYPE, buffer=seg.mm,
-                             offset=base + statsmod.PROCESS_DTYPE.itemsize).copy()
-        alive, pid = seg.writer_alive(), seg.writer_pid
-    finally:
-        seg.close()
-    raw = entries["value"].view(np.float64)
-    values = {}
-    for i, e in enumerate(entries):
-        name = bytes(e["name"]).decode(errors="replace")
-        values[name] = int(e["value"]) if int(e["kind"]) == statsmod.KIND_COUNTER else float(raw[i])
-    code = int(proc["state"])
-    state = statsmod.STATES[code] if code < len(statsmod.STATES) else "unknown"
-    return {"pid": pid, "alive": alive, "state": state if alive else "down", "last_state": state,
-            "heartbeat_age_ms": (time.monotonic_ns() - int(proc["heartbeat_mono_ns"])) / 1e6,
-            "started_wall_ns": int(proc["started_wall_ns"]), "values": values}
+    """A process's stats snapshot (shm.stats reads through a read-only mapping)."""
+    snap = statsmod.read_snapshot(instance, process, prefix)
+    snap.pop("process", None)
+    return snap
 
 
 def read_ring(instance: str, stream: str, prefix: str, expected_hz: float) -> dict:

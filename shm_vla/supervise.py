@@ -36,7 +36,9 @@ class Child:
     backoff_s: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
-    counter: object = None
+    counter: object = None       # stats: restarts.<name>
+    pending: object = None       # stats: restart_pending.<name> (1 while waiting to restart)
+    gave_up: object = None       # stats: gave_up.<name> (1 after a configuration error)
     exits: list = field(default_factory=list)
 
 
@@ -73,6 +75,8 @@ class Supervisor:
         self.stopping = False
         for c in children:
             c.counter = stats.counter(f"restarts.{c.name}")
+            c.pending = stats.gauge(f"restart_pending.{c.name}", 0.0)
+            c.gave_up = stats.gauge(f"gave_up.{c.name}", 0.0)
         self.crashes = stats.counter("crashes")
 
     def _start(self, child: Child) -> None:
@@ -86,29 +90,38 @@ class Supervisor:
 
     def watch_once(self) -> None:
         now = time.monotonic()
-        sup = self.cfg.supervise
         for child in self.children.values():
-            if child.proc is not None and child.proc.poll() is not None and child.restart_at is None:
-                code = child.proc.returncode
-                child.exits.append(code)
-                if not child.restart:
-                    continue
-                if now - child.started_at > HEALTHY_AFTER_S:
-                    child.backoff_s = 0.0
-                child.backoff_s = min(max(sup.restart_backoff_s, child.backoff_s * 2), sup.restart_backoff_max_s)
-                child.restart_at = now + child.backoff_s
-                self.crashes.inc()
-                self.stats.set_state("restarting")
-                self.log(f"supervisor: {child.name} exited with {code}; restart in {child.backoff_s:.1f} s")
-                if code == configmod.EXIT_CONFIG_ERROR:
-                    child.restart = False          # a config error does not heal by restarting
-                    self.log(f"supervisor: {child.name} has a configuration error; not restarting it")
-                    child.restart_at = None
-            elif child.restart_at is not None and now >= child.restart_at:
-                child.restarts += 1
-                child.counter.inc()
-                self._start(child)
-                self.stats.set_state("up")
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._restart(child)
+            elif child.proc is not None and child.restart and child.proc.poll() is not None:
+                self._schedule_restart(child, now)
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        code = child.proc.returncode
+        child.exits.append(code)
+        self.crashes.inc()
+        if code == configmod.EXIT_CONFIG_ERROR:      # a config error does not heal by restarting
+            child.restart = False
+            child.gave_up.set(1.0)
+            self.log(f"supervisor: {child.name} exited with a configuration error; not restarting it")
+            return
+        sup = self.cfg.supervise
+        if now - child.started_at > HEALTHY_AFTER_S:
+            child.backoff_s = 0.0
+        child.backoff_s = min(max(sup.restart_backoff_s, child.backoff_s * 2), sup.restart_backoff_max_s)
+        child.restart_at = now + child.backoff_s
+        child.pending.set(1.0)
+        self.stats.set_state("restarting")
+        self.log(f"supervisor: {child.name} exited with {code}; restart in {child.backoff_s:.1f} s")
+
+    def _restart(self, child: Child) -> None:
+        child.restarts += 1
+        child.counter.inc()
+        child.pending.set(0.0)
+        self._start(child)
+        if not any(c.restart_at is not None for c in self.children.values()):
+            self.stats.set_state("up")
 
     def stop_all(self) -> None:
         self.stopping = True

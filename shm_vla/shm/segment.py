@@ -164,21 +164,28 @@ class Segment:
         h["magic"] = MAGIC
 
     @classmethod
-    def attach(cls, name: str, layout: dict | None = None) -> "Segment":
-        """Map an existing segment read-only-by-convention; check its layout if given."""
+    def attach(cls, name: str, layout: dict | None = None, *, read_only: bool = False) -> "Segment":
+        """Map an existing segment as a reader; check its layout if given.
+
+        ``read_only`` maps it PROT_READ from an O_RDONLY descriptor: observers (stat, ls)
+        then cannot disturb the pipeline even by mistake.
+        """
         try:
-            shm = posix_ipc.SharedMemory(name, 0)
+            shm = posix_ipc.SharedMemory(name, 0, read_only=read_only)
         except posix_ipc.ExistentialError:
             raise SegmentMissing(f"shared-memory segment {name} does not exist "
                                  "(is its writer running, and is the instance name right?)") from None
         except posix_ipc.PermissionsError:
             raise ShmError(f"no permission to open {name} (segments are 0600/0660)") from None
         fd = shm.fd
-        size = os.fstat(fd).st_size
-        if size < HEADER_BYTES:
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_BYTES:
+                raise ShmError(f"{name} is not initialised yet ({size} bytes)")
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ) if read_only else mmap.mmap(fd, size)
+        except BaseException:
             os.close(fd)
-            raise ShmError(f"{name} is not initialised yet ({size} bytes)")
-        mm = mmap.mmap(fd, size)
+            raise
         seg = cls(name, fd, mm, writer=False)
         try:
             seg.check_layout(layout)
@@ -317,7 +324,7 @@ def inspect(name: str) -> SegmentInfo:
     path = SHM_DIR / name.lstrip("/")
     try:
         size = path.stat().st_size
-        seg = Segment.attach(name)
+        seg = Segment.attach(name, read_only=True)
     except ShmError as exc:
         return SegmentInfo(name, path.stat().st_size if path.exists() else 0, None, 0, False, str(exc))
     try:

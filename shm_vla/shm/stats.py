@@ -128,7 +128,7 @@ class Stats:
 
 def read_snapshot(instance: str, process: str, prefix: str = segmod.DEFAULT_PREFIX) -> dict:
     """One consistent-enough snapshot of a process's stats (read-only, no locks)."""
-    seg = segmod.Segment.attach(segmod.segment_name(instance, stats_stream(process), prefix))
+    seg = segmod.Segment.attach(segmod.segment_name(instance, stats_stream(process), prefix), read_only=True)
     try:
         layout = seg.layout()
         if layout.get("kind") != "stats":

@@ -241,6 +241,8 @@ def run(rt: Runtime) -> int:
         (streams.attach_sensor, "the sensor ring"), (streams.attach_robot, "the robot ring"))]
     if any(r is None for r in rings):
         return 0
+    for ring, stream in zip(rings, ("vl_feature", "sensor", "robot")):
+        rt.watch_reads(ring, stream)
     inputs = Inputs(streams, info.vl_dim, cfg.sensor.window, info.robot_window, *rings)
     commander = Commander(rt)
     worker = ActWorker(rt, runner, inputs, results, commander)

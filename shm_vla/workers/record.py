@@ -188,6 +188,8 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     data = _attach_data_rings(rt, streams) if save_data else {}
     if data is None:
         return 0
+    for name, ring in [("results", results), ("vl_feature", vl)] + list(data.items()):
+        rt.watch_reads(ring, name)
     writer = SessionWriter(out_dir, save_data=save_data, flush_every=rt.cfg.record.flush_every,
                            views=tuple(rt.cfg.camera.views))
     recorder = Recorder(rt, writer, results, vl, data)

@@ -144,6 +144,7 @@ def run(rt: Runtime) -> int:
         if ring is None:
             return 0
         views.append(ring)
+        rt.watch_reads(ring, f"view{i + 1}")
     worker = VlWorker(rt, views, vl_ring, backbone)
     rt.ready(f"vl {cfg.model.backbone} on {cfg.model.vl_device}, dim {vl_dim}")
     try:

@@ -195,3 +195,31 @@ def test_save_data_session_replays_into_a_fresh_pipeline(tmp_path, instance, che
     finally:
         for p in ingest:
             assert stop(p) == 0
+
+
+def test_recorder_killed_leaves_an_analysable_session_and_a_new_one_starts(tmp_path, instance, checkpoints):
+    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints["flow"], "flow")
+    log = out / f"commands_{instance}.jsonl"
+    try:
+        assert wait_for(lambda: len(_commands(log)) > 20, 60), (tmp_path / "run.log").read_text()[-3000:]
+        pid = statsmod.read_snapshot(instance, "record")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: len(list(out.glob("async_inference_*"))) == 2, 30)
+        time.sleep(1.5)
+    finally:
+        assert stop(sup, timeout=30) == 0
+    cut, fresh = sorted(out.glob("async_inference_*"))
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "tools/analyze.py", str(cut), "--json"], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["stages"]["total"]["count"] > 10
+    from shm_vla.workers.session_files import recover
+    recover(cut)
+    assert list(cut.glob("performance_summary_*.json")) and list(cut.glob("inference_results_*.json"))
+    # the restarted recorder re-reads what the results ring still holds: nothing lost
+    summary = json.loads(next(fresh.glob("performance_summary_*.json")).read_text())
+    assert summary["recorder"]["lost"] == 0
+    ids = [t["action_id"] for t in _jsonl(next(fresh.glob("performance_timings_*.jsonl"))) if "action_id" in t]
+    assert ids == list(range(len(ids)))

@@ -170,8 +170,8 @@ class Ring:
 
     def begin(self) -> np.ndarray:
         """Open the next slot for writing; returns its payload view to fill in place."""
-        slot = self.head % self.depth
-        self.seqs[slot] = self.seqs[slot] + 1      # odd: being written
+        slot = int(self._head[0]) % self.depth
+        self.seqs[slot] += 1                       # odd: being written
         fence()
         self._writing = slot
         return self.payload[slot, ...]   # a view, also for 0-d records
@@ -180,18 +180,13 @@ class Ring:
                recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"") -> int:
         """Publish the slot opened by begin(); returns its record number."""
         slot = self._writing
-        record = self.head
-        m = self._meta_one
-        m["record"] = record
-        m["src_ts"] = src_ts
-        m["send_ts"] = send_ts
-        m["recv_mono_ns"] = time.monotonic_ns() if recv_mono_ns is None else recv_mono_ns
-        m["recv_wall_ns"] = time.time_ns() if recv_wall_ns is None else recv_wall_ns
-        m["aux"] = aux
-        m["label"] = label
-        self.meta[slot] = m
+        record = int(self._head[0])
+        # one structured store for the whole meta record (field by field costs 7 numpy calls)
+        self.meta[slot] = (record, src_ts, send_ts,
+                           time.monotonic_ns() if recv_mono_ns is None else recv_mono_ns,
+                           time.time_ns() if recv_wall_ns is None else recv_wall_ns, aux, label)
         fence()
-        self.seqs[slot] = self.seqs[slot] + 1      # even: done
+        self.seqs[slot] += 1                       # even: done
         self._head[0] = record + 1
         self._writing = -1
         self.futex.post()
@@ -228,24 +223,40 @@ class Ring:
 
     def _copy_range(self, first: int, k: int, out: np.ndarray, dst: int, meta_out: np.ndarray) -> bool:
         """Copy records first..first+k-1 to out[dst:dst+k]; True if consistent."""
+        if k == 1:
+            return self._copy_one(first, out, dst, meta_out)
         a = first % self.depth
         n1 = min(k, self.depth - a)
         spans = ((a, 0, n1), (0, n1, k - n1)) if k > n1 else ((a, 0, n1),)
+        before, after = self._seq_before[:k], self._seq_after[:k]
         for s, o, n in spans:
-            self._seq_before[o:o + n] = self.seqs[s:s + n]
-        if (self._seq_before[:k] & 1).any():
-            return False
+            before[o:o + n] = self.seqs[s:s + n]
         fence()
         for s, o, n in spans:
             out[dst + o:dst + o + n] = self.payload[s:s + n]
             meta_out[dst + o:dst + o + n] = self.meta[s:s + n]
         fence()
         for s, o, n in spans:
-            self._seq_after[o:o + n] = self.seqs[s:s + n]
-        if not np.array_equal(self._seq_before[:k], self._seq_after[:k]):
+            after[o:o + n] = self.seqs[s:s + n]
+        # consistent iff every sequence was even and unchanged and every slot held the
+        # record expected (not one overwritten since)
+        if before[k - 1] & 1 or (before & 1).any() or not np.array_equal(before, after):
             return False
-        np.subtract(meta_out["record"][dst:dst + k], first, out=self._check[:k])
-        return np.array_equal(self._check[:k], self._expect[:k])
+        check = self._check[:k]
+        np.subtract(meta_out["record"][dst:dst + k], first, out=check)
+        return np.array_equal(check, self._expect[:k])
+
+    def _copy_one(self, record: int, out: np.ndarray, dst: int, meta_out: np.ndarray) -> bool:
+        """The single-record case (latest(), small since()), with scalar checks."""
+        slot = record % self.depth
+        seq = int(self.seqs[slot])
+        if seq & 1:
+            return False
+        fence()
+        out[dst] = self.payload[slot]
+        meta_out[dst] = self.meta[slot]
+        fence()
+        return int(self.seqs[slot]) == seq and int(meta_out["record"][dst]) == record
 
     def _retry_or_fail(self, deadline: float) -> None:
         self.retries += 1

@@ -66,7 +66,7 @@ def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
         dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     ours = TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
-                      horizon=8, use_cuda_graph=not args.no_graph, seed=0)
+                      horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=args.stream_priority)
     setup_s = time.perf_counter() - t0
     seed = SeedStyleTick(lm.heads, device=args.device, flow_steps=args.steps, solver=args.solver, horizon=8)
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
     return {
         "preset": preset, "model_type": lm.info.model_type, "parameters": lm.info.parameter_count,
         "device": args.device, "ours_dtype": str(dtype).replace("torch.", ""), "cuda_graph": ours.graph is not None,
-        "graph_copies": ours.graph_copies, "flow_steps": args.steps, "solver": args.solver,
+        "graph_copies": ours.graph_copies, "stream_priority": args.stream_priority, "flow_steps": args.steps, "solver": args.solver,
         "ours": o, "seed_style": s, "ratio_p50": s["p50_ms"] / o["p50_ms"], "ratio_p99": s["p99_ms"] / o["p99_ms"],
         "ours_split_p50_ms": {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])},
         "ours_setup_s": setup_s,
@@ -118,8 +118,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="per preset, bound on the measuring loop")
     ap.add_argument("--no-graph", action="store_true", help="CUDA: eager instead of one CUDA graph")
+    ap.add_argument("--stream-priority", type=int, default=0,
+                    help="CUDA: priority of the runner's stream (lower = higher priority, e.g. -1)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vl-load", action="store_true", help="run bench/vl.py on the same device meanwhile")
+    ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "random-qwen-3b"),
+                    help="what the --vl-load process encodes with")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -127,8 +131,11 @@ def main(argv=None) -> int:
     child = None
     if args.vl_load:
         child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("vl.py")), "--device", args.device,
-                                  "--load-seconds", str(args.max_seconds * 3)], stdout=subprocess.DEVNULL)
-        time.sleep(5.0)
+                                  "--backbone", args.vl_load_backbone, "--load-seconds", str(args.max_seconds * 4)],
+                                 stdout=subprocess.PIPE, text=True)
+        line = child.stdout.readline()            # the child prints one line once it encodes in a loop
+        if "ready" not in line:
+            raise SystemExit(f"the VL load did not start: {line!r}")
     try:
         with tempfile.TemporaryDirectory() as d:
             results = [bench_preset(p.strip(), args.model_type, args, Path(d)) for p in args.presets.split(",") if p]
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
             child.wait(timeout=30)
     report = {"benchmark": "action_head", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "shm-vla bench action-head " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine(), "vl_load": args.vl_load, "results": results}
+              "machine": machine(), "vl_load": args.vl_load and args.vl_load_backbone, "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -9,7 +9,10 @@
   ``reference`` in --modes, the seed's path: PIL preprocessing through the HF image processor,
   chat template + token expansion per call, full model forward with all hidden states.
   ``tiny-qwen`` builds a tiny random Qwen2.5-VL locally (exercises the code on a CPU; its
-  timings say nothing about a 3B model).
+  timings say nothing about a 3B model). ``random-qwen-3b`` builds a random model of the
+  Qwen2.5-VL-3B shape (36 layers, hidden 2048, 32 vision blocks, vocabulary 151936) directly on
+  the device, with a word-level tokenizer that gives the deployed prompt about Qwen's token count:
+  deployed-size timings without the real weights (GPU; about 8 GB in bf16).
 
 ``--load-seconds S``: no report, just encode continuously for S seconds (the background VL
 load of ``bench/action_head.py --vl-load``).
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shm_vla.config import ModelConfig                       # noqa: E402
 from shm_vla.model import make_backbone                      # noqa: E402
 from shm_vla.model.backbones import format_prompt            # noqa: E402
+from shm_vla.model.backbones.qwen_tiny import CHAT_TEMPLATE   # noqa: E402
 
 
 def frames(seed: int = 0) -> np.ndarray:
@@ -52,7 +56,7 @@ def _stats(ms):
 class ReferencePath:
     """The seed's per-call path on the same weights (HF image processor on PIL images)."""
 
-    def __init__(self, backbone_dir: str, device: str, prompt: str):
+    def __init__(self, backbone_dir: str, device: str, prompt: str, parts=None):
         from PIL import Image  # noqa: F401
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
         try:
@@ -61,9 +65,12 @@ class ReferencePath:
             from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor as IP
         self.device = torch.device(device)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.tok = AutoTokenizer.from_pretrained(backbone_dir, local_files_only=True)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            backbone_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
+        if parts is not None:                      # an in-memory (full model, tokenizer)
+            self.model, self.tok = parts
+        else:
+            self.tok = AutoTokenizer.from_pretrained(backbone_dir, local_files_only=True)
+            self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                backbone_dir, local_files_only=True, dtype=dtype).to(self.device).eval()
         self.ip = IP(min_pixels=640 * 360, max_pixels=640 * 360)
         self.prompt = prompt
 
@@ -73,7 +80,8 @@ class ReferencePath:
         images = [Image.fromarray(v) for v in views]
         px = self.ip(images, return_tensors="pt")
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
-        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        kw = {} if getattr(self.tok, "chat_template", None) else {"chat_template": CHAT_TEMPLATE}
+        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False, **kw)
         n = int(px["image_grid_thw"][0].prod()) // 4
         enc = self.tok([text.replace("<|image_pad|>", "<|image_pad|>" * n)] * len(views), padding=True,
                        return_tensors="pt")
@@ -103,7 +111,7 @@ def run_mode(encoder, views, iters: int, warmup: int, max_seconds: float) -> dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backbone", choices=("compact", "qwen2.5-vl", "tiny-qwen"), default="compact")
+    ap.add_argument("--backbone", choices=("compact", "qwen2.5-vl", "tiny-qwen", "random-qwen-3b"), default="compact")
     ap.add_argument("--backbone-dir", default="")
     ap.add_argument("--vl-dim", type=int, default=0, help="default: 2048 (compact), the model's hidden size (qwen)")
     ap.add_argument("--modes", default="batched,sequential,streams")
@@ -124,7 +132,12 @@ def main(argv=None) -> int:
         from shm_vla.model.backbones.qwen_tiny import make_tiny_qwen_dir
         tmp = tempfile.TemporaryDirectory()
         args.backbone_dir = str(make_tiny_qwen_dir(tmp.name))
-    if args.backbone != "compact":
+    random_parts = None
+    if args.backbone == "random-qwen-3b":
+        from shm_vla.model.backbones.qwen_tiny import random_qwen
+        random_parts = random_qwen("3b", prompt=format_prompt(cfg.task), device=args.device)
+        args.vl_dim = 2048
+    elif args.backbone != "compact":
         cfg.backbone, cfg.backbone_dir = "qwen2.5-vl", args.backbone_dir
         if not args.vl_dim:
             cfg_json = json.loads((Path(args.backbone_dir) / "config.json").read_text())
@@ -132,7 +145,13 @@ def main(argv=None) -> int:
     vl_dim = args.vl_dim or 2048
     modes = ["batched"] if args.backbone == "compact" else [m for m in args.modes.split(",") if m]
     if args.load_seconds:
-        bb = make_backbone(cfg, vl_dim, device=args.device)
+        if random_parts is not None:
+            from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
+            bb = random_qwen_backbone("3b", prompt=format_prompt(cfg.task), device=args.device, model=random_parts)
+        else:
+            bb = make_backbone(cfg, vl_dim, device=args.device)
+        bb.encode(views)
+        print("vl-load ready", flush=True)
         end = time.monotonic() + args.load_seconds
         while time.monotonic() < end:
             bb.encode(views)
@@ -140,7 +159,11 @@ def main(argv=None) -> int:
     results = []
     for mode in modes:
         if mode == "reference":
-            enc = ReferencePath(args.backbone_dir, args.device, format_prompt(cfg.task))
+            enc = ReferencePath(args.backbone_dir, args.device, format_prompt(cfg.task), parts=random_parts)
+        elif random_parts is not None:
+            from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
+            enc = random_qwen_backbone("3b", prompt=format_prompt(cfg.task), device=args.device, mode=mode,
+                                       model=random_parts)
         elif args.backbone == "compact":
             enc = make_backbone(cfg, vl_dim, device=args.device)
         else:

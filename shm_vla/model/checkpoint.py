@@ -70,7 +70,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:     # mmap: a multi-GB vl_model.* part is not read unless used
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)     # legacy (non-zip) format
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is one clear line
         raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
@@ -100,7 +105,7 @@ def _plain_extra(extra: dict) -> dict:
 def load_state_dict_model(sd: dict, *, path: str = "<state dict>", sensor_window: int = 65,
                           flow_horizon: int = 8, robot_window: int | None = None,
                           sensor_channels: int | None = None, vl_dim: int | None = None,
-                          extra: dict | None = None) -> LoadedModel:
+                          robot_dims: int | None = None, extra: dict | None = None) -> LoadedModel:
     """The work of :func:`load_checkpoint` on an in-memory state dict."""
     head_sd, vl_sd, other = split_state_dict(sd)
     try:
@@ -114,6 +119,7 @@ def load_state_dict_model(sd: dict, *, path: str = "<state dict>", sensor_window
          "sensor_encoder.dist_encoder.conv_backbone.0.conv1.weight" if s.sensor_encoder_variant == "force_aware"
          else "sensor_encoder.conv_backbone.0.conv1.weight", "sensor channels"),
         (vl_dim, s.vl_dim, "action_expert.fusion_proj.weight", "VL feature width"),
+        (robot_dims, s.robot_input_dim, "robot_state_encoder.input_proj.weight", "robot values per row"),
     ]
     for configured, found, key, what in checks:
         if configured is not None and configured != found:
@@ -138,11 +144,11 @@ def load_state_dict_model(sd: dict, *, path: str = "<state dict>", sensor_window
 
 def load_checkpoint(path: str | os.PathLike, model_cfg: Any = None, sensor_window: int = 65,
                     robot_window: int | None = None, *, sensor_channels: int | None = None,
-                    vl_dim: int | None = None) -> LoadedModel:
+                    vl_dim: int | None = None, robot_dims: int | None = None) -> LoadedModel:
     """Load ``path`` for inference; every contradiction with the config is one CheckpointError.
 
     ``model_cfg`` (a :class:`shm_vla.config.ModelConfig`, optional) supplies the flow horizon.
-    ``robot_window`` / ``sensor_channels`` / ``vl_dim``, when given, must equal what the
+    ``robot_window`` / ``sensor_channels`` / ``vl_dim`` / ``robot_dims``, when given, must equal what the
     checkpoint's tensors say; the message names the file, the key and both values.
     """
     if not str(path):
@@ -151,4 +157,4 @@ def load_checkpoint(path: str | os.PathLike, model_cfg: Any = None, sensor_windo
     flow_horizon = int(getattr(model_cfg, "flow_horizon", 8)) if model_cfg is not None else 8
     return load_state_dict_model(sd, path=str(path), sensor_window=sensor_window, flow_horizon=flow_horizon,
                                  robot_window=robot_window, sensor_channels=sensor_channels, vl_dim=vl_dim,
-                                 extra=extra)
+                                 robot_dims=robot_dims, extra=extra)

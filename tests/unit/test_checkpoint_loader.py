@@ -137,6 +137,11 @@ def test_sensor_channel_contradiction(tiny):
         load_checkpoint(tiny["force"], sensor_channels=1000)
 
 
+def test_robot_dims_contradiction(tiny):
+    with pytest.raises(CheckpointError, match="input_proj.weight gives robot values per row 12.*says 14"):
+        load_checkpoint(tiny["flow"], robot_dims=14)
+
+
 def test_variant_keys_do_not_mix(tiny, tmp_path):
     """A force-aware state dict missing its force branch is a clear missing-key error."""
     ck = torch.load(tiny["force"], weights_only=True)

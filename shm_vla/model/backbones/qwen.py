@@ -98,34 +98,37 @@ class QwenBackbone(Backbone):
     def __init__(self, backbone_dir: str, vl_dim: int, *, prompt: str, device: str = "cpu",
                  dtype: torch.dtype | None = None, vl_state_dict: dict | None = None, mode: str = "batched",
                  min_pixels: int = DEPLOYED_PIXELS, max_pixels: int = DEPLOYED_PIXELS,
-                 image_size: tuple[int, int] = (360, 640), num_views: int = 5):
+                 image_size: tuple[int, int] = (360, 640), num_views: int = 5, _parts: tuple | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown VL mode {mode!r} (choose {', '.join(MODES)})")
-        directory = Path(backbone_dir) if backbone_dir else None
-        if directory is None or not directory.is_dir():
-            raise RuntimeError(f"model.backbone_dir {backbone_dir!r} is not a directory holding a Qwen2.5-VL model "
-                               "(nothing is downloaded at run time)")
-        AutoTokenizer, VLModel = _import_transformers()
         self.device = torch.device(device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if _parts is not None:                       # see from_parts
+            full, self.tokenizer, self.chat_template, pre = _parts
+        else:
+            directory = Path(backbone_dir) if backbone_dir else None
+            if directory is None or not directory.is_dir():
+                raise RuntimeError(f"model.backbone_dir {backbone_dir!r} is not a directory holding a Qwen2.5-VL "
+                                   "model (nothing is downloaded at run time)")
+            AutoTokenizer, VLModel = _import_transformers()
+            self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            self.chat_template = _chat_template(self.tokenizer, directory)
+            full = VLModel.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
+            pre = {}
+            if (directory / "preprocessor_config.json").is_file():
+                pre = json.loads((directory / "preprocessor_config.json").read_text())
         self.mode = mode
         self.prompt = prompt
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        self.chat_template = _chat_template(self.tokenizer, directory)
-        full = VLModel.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
         if vl_state_dict:
             self._override(full, vl_state_dict)
         self.config = full.config
         hidden = self.config.text_config.hidden_size if hasattr(self.config, "text_config") else self.config.hidden_size
         if hidden != vl_dim:
-            raise CheckpointError(f"backbone {directory}: hidden size {hidden} differs from the checkpoint's VL dim "
-                                  f"{vl_dim} (action_expert.fusion_proj.weight)")
+            raise CheckpointError(f"backbone {backbone_dir or '<in memory>'}: hidden size {hidden} differs from the "
+                                  f"checkpoint's VL dim {vl_dim} (action_expert.fusion_proj.weight)")
         self.vl_dim = int(vl_dim)
-        self.model = full.model.to(self.device).eval().requires_grad_(False)   # no LM head
+        self.model = full.model.to(self.device, self.dtype).eval().requires_grad_(False)   # no LM head
         del full
-        pre = {}
-        if (directory / "preprocessor_config.json").is_file():
-            pre = json.loads((directory / "preprocessor_config.json").read_text())
         vc = self.config.vision_config
         self.patch = int(pre.get("patch_size", getattr(vc, "patch_size", 14)))
         self.merge = int(pre.get("merge_size", getattr(vc, "spatial_merge_size", 2)))
@@ -141,6 +144,14 @@ class QwenBackbone(Backbone):
         self._static_for(self.image_size)
         self._streams = ([torch.cuda.Stream(device=self.device) for _ in range(num_views)]
                          if self.device.type == "cuda" and mode == "streams" else None)
+
+    @classmethod
+    def from_parts(cls, model, tokenizer, chat_template: str, vl_dim: int, *, prompt: str,
+                   preprocessor: dict | None = None, **kwargs) -> "QwenBackbone":
+        """A backbone over an in-memory ``Qwen2_5_VLForConditionalGeneration`` (benchmarks of
+        random full-size models on a GPU; nothing read from disk)."""
+        return cls("", vl_dim, prompt=prompt, _parts=(model, tokenizer, chat_template, preprocessor or {}),
+                   **kwargs)
 
     # ------------------------------------------------------------------ start-up work
     def _override(self, full, vl_state_dict: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 
 from . import config as configmod
@@ -84,6 +85,32 @@ def parse_args(prog: str, argv: list[str], extra=None) -> tuple[argparse.Namespa
         extra(parser)
     args = parser.parse_args(argv)
     return args, configmod.from_args(args)
+
+
+def run_process(prog: str, process: str, argv: list[str], body, extra=None, config_errors: tuple = ()) -> int:
+    """The main() of every pipeline process: config, Runtime, body(rt, args), clean close.
+
+    Shared-memory and OS errors end the process with code 1 (the supervisor or systemd
+    restarts it); `config_errors` (e.g. a checkpoint that contradicts the config) and
+    configuration errors end it with code 2, which is not restarted: it would not heal.
+    """
+    from .shm.segment import ShmError
+    args, cfg = parse_args(prog, argv, extra)
+    try:
+        rt = Runtime(cfg, process)
+    except ShmError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return body(rt, args)
+    except config_errors as exc:
+        rt.log.error("configuration error: %s", exc)
+        return configmod.EXIT_CONFIG_ERROR
+    except (ShmError, OSError) as exc:
+        rt.log.error("%s", exc)
+        return 1
+    finally:
+        rt.close()
 
 
 def attach_when_ready(rt: Runtime, attach, what: str, timeout_s: float = 120.0, poll_s: float = 0.1):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ..process import Runtime, parse_args
-from ..shm.segment import ShmError
+from ..process import run_process
 
 KINDS = ("camera", "robot", "sensor")
 
@@ -16,17 +15,5 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     kind = argv[0]
-    _, cfg = parse_args(f"shm-vla ingest {kind}", argv[1:])
     module = importlib.import_module(f"shm_vla.ingest.{kind}")
-    try:
-        rt = Runtime(cfg, f"ingest-{kind}")
-    except ShmError as exc:
-        print(f"shm-vla ingest {kind}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return module.run(rt)
-    except (ShmError, OSError) as exc:
-        rt.log.error("%s", exc)
-        return 1
-    finally:
-        rt.close()
+    return run_process(f"shm-vla ingest {kind}", f"ingest-{kind}", argv[1:], lambda rt, args: module.run(rt))

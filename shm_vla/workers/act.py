@@ -14,14 +14,13 @@ missed one counted and skipped, never caught up in a burst):
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 import zmq
 
 from ..gate import Gate
-from ..process import Runtime, attach_when_ready, parse_args
+from ..process import Runtime, attach_when_ready, run_process
 from ..protocol import command as command_proto
 from ..shm.ring import META_DTYPE
 from ..shm.segment import ShmError
@@ -258,17 +257,5 @@ def run(rt: Runtime) -> int:
 
 
 def main(argv: list[str]) -> int:
-    _, cfg = parse_args("shm-vla act", argv)
     from ..model import CheckpointError
-    try:
-        rt = Runtime(cfg, "act")
-    except ShmError as exc:
-        print(f"shm-vla act: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return run(rt)
-    except (ShmError, CheckpointError) as exc:
-        rt.log.error("%s", exc)
-        return 1
-    finally:
-        rt.close()
+    return run_process("shm-vla act", "act", argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))

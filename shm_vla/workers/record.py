@@ -7,13 +7,11 @@ and finalised when the process stops (SIGINT/SIGTERM end the loop, then a last d
 """
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 
-from ..process import Runtime, attach_when_ready, parse_args
+from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
-from ..shm.segment import ShmError
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
 from ..protocol.sensor import ascan_columns, force_column
 from .session_files import SessionWriter
@@ -205,21 +203,14 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     return 0
 
 
+def _arguments(parser) -> None:
+    parser.add_argument("--out", default=None, help="directory for session folders (default record.out_dir)")
+    parser.add_argument("--save-data", action="store_true", default=None,
+                        help="also save frames, robot and sensor data (default record.save_data)")
+
+
 def main(argv: list[str]) -> int:
-    def extra(p):
-        p.add_argument("--out", default=None, help="directory for session folders (default record.out_dir)")
-        p.add_argument("--save-data", action="store_true", default=None, help="also save frames, robot and sensor data")
-    args, cfg = parse_args("shm-vla record", argv, extra)
-    try:
-        rt = Runtime(cfg, "record")
-    except ShmError as exc:
-        print(f"shm-vla record: {exc}", file=sys.stderr)
-        return 1
-    try:
-        save = cfg.record.save_data if args.save_data is None else args.save_data
-        return run(rt, args.out or cfg.record.out_dir, save)
-    except ShmError as exc:
-        rt.log.error("%s", exc)
-        return 1
-    finally:
-        rt.close()
+    def body(rt, args):
+        save = rt.cfg.record.save_data if args.save_data is None else args.save_data
+        return run(rt, args.out or rt.cfg.record.out_dir, save)
+    return run_process("shm-vla record", "record", argv, body, extra=_arguments)

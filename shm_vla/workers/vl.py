@@ -9,12 +9,11 @@ vl_feature record. The same frame set is never encoded twice.
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
-from ..process import Runtime, attach_when_ready, parse_args
+from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import N_VIEWS, Streams
@@ -159,17 +158,5 @@ def run(rt: Runtime) -> int:
 
 
 def main(argv: list[str]) -> int:
-    _, cfg = parse_args("shm-vla vl", argv)
     from ..model import CheckpointError
-    try:
-        rt = Runtime(cfg, "vl")
-    except ShmError as exc:
-        print(f"shm-vla vl: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return run(rt)
-    except (ShmError, CheckpointError) as exc:
-        rt.log.error("%s", exc)
-        return 1
-    finally:
-        rt.close()
+    return run_process("shm-vla vl", "vl", argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))

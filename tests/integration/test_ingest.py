@@ -171,7 +171,8 @@ def test_camera_bad_messages_flood_and_resize(tmp_path, instance):
         "not_object": [[b"[1, 2]", jpeg]],
         "timestamp": [[json.dumps({"camera": "oak"}).encode(), jpeg],
                       [json.dumps({"camera": "oak", "timestamp": "noon"}).encode(), jpeg]],
-        "jpeg": [[meta("zed_41182735_left"), b"not a jpeg at all"], [meta("zed_41182735_left"), jpeg[:200]]],
+        # two views: a second frame for the same view could supersede the first before decoding
+        "jpeg": [[meta("zed_41182735_left"), b"not a jpeg at all"], [meta("zed_44377151_left"), jpeg[:200]]],
         "unknown_camera": [[meta("webcam"), jpeg]],
     }
     for msgs in cases.values():

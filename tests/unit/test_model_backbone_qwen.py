@@ -129,6 +129,9 @@ def test_make_backbone_and_vl_override(qwen_dir):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="do not fit"):
         make_backbone(cfg, 64, vl_state_dict={"vl_model.model.visual.nonexistent.weight": torch.zeros(1)})
+    some_key = next(iter(current))
+    with pytest.raises(CheckpointError, match=r"shape \(3,\) does not fit"):
+        make_backbone(cfg, 64, vl_state_dict={some_key: torch.zeros(3)})
 
 
 def test_errors(qwen_dir, tmp_path, monkeypatch):

@@ -82,14 +82,20 @@ def _chat_template(tokenizer, directory: Path) -> str:
     raise RuntimeError(f"no chat template in {directory} (tokenizer_config.json, chat_template.json/.jinja)")
 
 
-def _legacy_vl_key(key: str) -> str:
-    """Map a checkpoint's ``vl_model.*`` key (either transformers layout) to the current one."""
-    k = key[len("vl_model."):]
+def _vl_key_candidates(key: str) -> list[str]:
+    """A checkpoint's ``vl_model.*`` key in both transformers layouts: >= 4.52 (``model.visual.*``,
+    ``model.language_model.*``, ``lm_head``) and older (``visual.*``, ``model.*``, ``lm_head``)."""
+    k = key[len("vl_model."):] if key.startswith("vl_model.") else key
+    out = [k]
     if k.startswith("visual."):
-        return "model." + k
-    if k.startswith("model.") and not k.startswith(("model.visual.", "model.language_model.")):
-        return "model.language_model." + k[len("model."):]
-    return k
+        out.append("model." + k)
+    elif k.startswith("model.visual."):
+        out.append(k[len("model."):])
+    elif k.startswith("model.language_model."):
+        out.append("model." + k[len("model.language_model."):])
+    elif k.startswith("model."):
+        out.append("model.language_model." + k[len("model."):])
+    return out
 
 
 class QwenBackbone(Backbone):
@@ -113,7 +119,10 @@ class QwenBackbone(Backbone):
             AutoTokenizer, VLModel = _import_transformers()
             self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
             self.chat_template = _chat_template(self.tokenizer, directory)
-            full = VLModel.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
+            try:
+                full = VLModel.from_pretrained(directory, local_files_only=True, dtype=self.dtype)
+            except TypeError:                        # transformers < 4.56 spells it torch_dtype
+                full = VLModel.from_pretrained(directory, local_files_only=True, torch_dtype=self.dtype)
             pre = {}
             if (directory / "preprocessor_config.json").is_file():
                 pre = json.loads((directory / "preprocessor_config.json").read_text())
@@ -127,7 +136,13 @@ class QwenBackbone(Backbone):
             raise CheckpointError(f"backbone {backbone_dir or '<in memory>'}: hidden size {hidden} differs from the "
                                   f"checkpoint's VL dim {vl_dim} (action_expert.fusion_proj.weight)")
         self.vl_dim = int(vl_dim)
-        self.model = full.model.to(self.device, self.dtype).eval().requires_grad_(False)   # no LM head
+        if hasattr(full.model, "visual") or not hasattr(full, "visual"):
+            base, self._hidden_from = full.model, "last_hidden_state"          # transformers >= 4.52: no LM head
+        else:       # older layout (visual beside a text-only .model): the whole model, LM head made a no-op
+            full.lm_head = torch.nn.Identity()
+            base, self._hidden_from = full, "logits"
+        self.model = base.to(self.device, self.dtype).eval().requires_grad_(False)
+        self._forward_params = set(inspect.signature(self.model.forward).parameters)
         del full
         vc = self.config.vision_config
         self.patch = int(pre.get("patch_size", getattr(vc, "patch_size", 14)))
@@ -155,14 +170,24 @@ class QwenBackbone(Backbone):
 
     # ------------------------------------------------------------------ start-up work
     def _override(self, full, vl_state_dict: dict) -> None:
-        sd = {_legacy_vl_key(k): v for k, v in vl_state_dict.items()}
-        missing, unexpected = full.load_state_dict(sd, strict=False)
-        unexpected = [k for k in unexpected if not k.startswith("lm_head")]
+        own = full.state_dict()
+        sd, unexpected = {}, []
+        for key, value in vl_state_dict.items():
+            name = next((c for c in _vl_key_candidates(key) if c in own), None)
+            if name is None:
+                if not key.endswith("lm_head.weight"):       # tied to the embeddings in the 3B model
+                    unexpected.append(key)
+                continue
+            if tuple(own[name].shape) != tuple(value.shape):
+                raise CheckpointError(f"checkpoint key {key}: shape {tuple(value.shape)} does not fit the backbone's "
+                                      f"{name} {tuple(own[name].shape)}")
+            sd[name] = value
         if unexpected:
             raise CheckpointError(f"checkpoint vl_model.* tensors do not fit the backbone: unexpected "
                                   f"{', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
-        self.overridden = len(sd) - len(unexpected)
-        self.not_overridden = len(missing)
+        full.load_state_dict(sd, strict=False)
+        self.overridden = len(sd)
+        self.not_overridden = len(own) - len(sd)
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         return smart_resize(height, width, self.patch * self.merge, self.min_pixels, self.max_pixels)
@@ -195,7 +220,8 @@ class QwenBackbone(Backbone):
         return st
 
     def _rope_positions(self, ids, mm, grid, mask):
-        fn = getattr(self.model, "get_rope_index", None)
+        fn = getattr(self.model, "get_rope_index", None) or getattr(getattr(self.model, "model", None),
+                                                                     "get_rope_index", None)
         if fn is None:
             return None
         params = inspect.signature(fn).parameters
@@ -232,10 +258,10 @@ class QwenBackbone(Backbone):
                       pixel_values=pixels.to(self.dtype), image_grid_thw=st["grid"].expand(n, -1), use_cache=False)
         if st["pos"] is not None:
             kwargs["position_ids"] = st["pos"].expand(-1, n, -1)
-        if "mm_token_type_ids" in inspect.signature(self.model.forward).parameters:
+        if "mm_token_type_ids" in self._forward_params:
             kwargs["mm_token_type_ids"] = st["mm"].expand(n, -1)
         out = self.model(**kwargs)
-        return out.last_hidden_state.float().mean(dim=1)
+        return getattr(out, self._hidden_from).float().mean(dim=1)
 
     def features_per_view(self, views: np.ndarray) -> torch.Tensor:
         views = self.check_views(views)

@@ -26,10 +26,16 @@ POLL_TIMEOUT_MS = 100
 _ANC_BYTES = socket.CMSG_SPACE(4)
 
 
-def open_socket(bind: str, rcvbuf_bytes: int) -> socket.socket:
+def open_socket(bind: str, rcvbuf_bytes: int, log=None) -> socket.socket:
     host, _, port = bind.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
+    # Linux caps the request at net.core.rmem_max (and reports double the usable size)
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if granted < rcvbuf_bytes and log is not None:
+        log.warning("UDP receive buffer is %d bytes, not the %d configured: raise net.core.rmem_max "
+                    "(sysctl -w net.core.rmem_max=%d) so bursts are not dropped", granted, rcvbuf_bytes,
+                    rcvbuf_bytes)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     sock.bind((host, int(port)))
     sock.setblocking(False)
@@ -108,7 +114,7 @@ def run(rt: Runtime) -> int:
     cfg = rt.cfg.sensor
     ring = Streams(rt.cfg).create_sensor()
     ingest = SensorIngest(rt, ring)
-    sock = open_socket(cfg.bind, cfg.rcvbuf_bytes)
+    sock = open_socket(cfg.bind, cfg.rcvbuf_bytes, rt.log)
     buf = bytearray(proto.DATAGRAM_MAX_BYTES + 1)   # one spare byte tells an oversized datagram
     bufs = [buf]
     poller = select.poll()

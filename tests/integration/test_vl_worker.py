@@ -1,0 +1,101 @@
+"""The VL worker in one process: real view rings, the compact backbone, real feature ring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shm_vla import config
+from shm_vla.model import make_backbone
+from shm_vla.process import Runtime
+from shm_vla.sim import content
+from shm_vla.streams import N_VIEWS, Streams
+from shm_vla.workers.act import ActWorker
+from shm_vla.workers.vl import VlWorker
+
+VL_DIM = 32
+
+
+def _worker(instance, overrides=()):
+    cfg = config.load(instance, None, ["act.vl_reuse=1", "act.tick_hz=1000", *overrides])
+    streams = Streams(cfg)
+    writers = [streams.create_view(i) for i in range(N_VIEWS)]
+    readers = [streams.attach_view(i) for i in range(N_VIEWS)]
+    vl_ring = streams.create_vl(VL_DIM)
+    rt = Runtime(cfg, "vl")
+    worker = VlWorker(rt, readers, vl_ring, make_backbone(cfg.model, VL_DIM))
+    return worker, writers, vl_ring, rt
+
+
+def _publish_set(writers, counter, capture_ts):
+    for i, ring in enumerate(writers):
+        ring.write(content.frame_image(i, counter), src_ts=capture_ts[i])
+
+
+def _steps(worker, n=5):
+    for _ in range(n):
+        worker.step()
+
+
+def test_encodes_each_new_set_once_with_metadata(instance):
+    worker, writers, vl_ring, rt = _worker(instance)
+    _steps(worker)
+    assert vl_ring.head == 0                                 # no frames: nothing encoded
+    ts = [100.0, 100.01, 100.02, 100.03, 100.04]
+    _publish_set(writers, 1, ts)
+    _steps(worker)
+    assert vl_ring.head == 1                                 # encoded once, not again for the same set
+    rec = np.zeros(1, vl_ring.dtype)
+    vl_ring.latest(rec)
+    assert rec["update"][0] == 1 and rec["encode_ms"][0] > 0
+    assert np.allclose(rec["capture_ts"][0], ts) and rec["skew_ms"][0] == pytest.approx(40.0)
+    assert np.isfinite(rec["feature"][0]).all() and rec["feature"].shape == (1, VL_DIM)
+    writers[0].write(content.frame_image(0, 2), src_ts=101.0)  # only one view is new: not a complete set
+    _steps(worker)
+    assert vl_ring.head == 1
+    _publish_set(writers, 3, [102.0] * 5)
+    _steps(worker)
+    assert vl_ring.head == 2
+    rt.close()
+
+
+def test_sets_over_the_skew_bound_are_counted_and_rejected(instance):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='max_skew'", "vl.max_skew_ms=50",
+                                                      "vl.reject_over_skew=true"])
+    _publish_set(writers, 1, [100.0, 100.0, 100.0, 100.0, 100.2])   # 200 ms skew
+    _steps(worker)
+    assert vl_ring.head == 0
+    assert worker.rejected.value == 1 and worker.over_skew.value == 1
+    _publish_set(writers, 2, [101.0] * 5)
+    _steps(worker)
+    assert vl_ring.head == 1
+    rt.close()
+
+
+def test_action_schedule_is_absolute_and_missed_ticks_are_skipped(instance):
+    """Scheduler only (the tick itself is tested elsewhere): one slow tick is not caught up."""
+    import time
+    cfg = config.load(instance, None, ["act.tick_hz=50"])
+    rt = Runtime(cfg, "act")
+    worker = ActWorker.__new__(ActWorker)           # the schedule needs only these members
+    worker.rt, worker.cfg = rt, cfg
+    worker.missed = rt.stats.counter("missed_ticks")
+    worker.action_id = 0
+    worker.publish_rate = lambda now: None
+    ticks = []
+
+    def tick(scheduled_ns, lateness_ms):
+        ticks.append((scheduled_ns, lateness_ms))
+        if len(ticks) == 5:
+            time.sleep(0.075)           # 3.75 periods: slots 6 and 7 are missed, slot 8 runs 15 ms late
+        if len(ticks) == 15:
+            rt.running = False
+    worker.tick = tick
+    worker.loop()
+    sched = np.array([t for t, _ in ticks])
+    gaps = np.diff(sched) / 20e6
+    assert np.allclose(gaps, np.round(gaps))        # always on the absolute grid
+    gaps = np.round(gaps).astype(int)
+    assert (gaps > 1).sum() == 1                    # one hole where the slow tick was, no burst after it
+    assert worker.missed.value == int((gaps - 1).sum()) >= 2      # every skipped slot counted
+    assert all(lat < 20.0 for _, lat in ticks)      # a slot never runs later than its own period
+    rt.close()

@@ -4,7 +4,8 @@
 #   bash bench/gpu_suite.sh 1     # GPU tests; action tick: graph vs seed-style (tiny, seed-size), eager
 #   bash bench/gpu_suite.sh 2     # VL: compact, tiny qwen, random Qwen2.5-VL-3B modes; tick next to a
 #                                 # VL load (plain, high-priority stream, CUDA MPS)
-#   bash bench/gpu_suite.sh all   # both (a machine without the 10-minute limit)
+#   bash bench/gpu_suite.sh 3     # optional: torch.compile of the 3B VL forward (default, reduce-overhead)
+#   bash bench/gpu_suite.sh all   # all three (a machine without the 10-minute limit)
 # Writes JSON (one file per step) and suite.log under ${OUT:-out/gpu}.
 # Uses `python3` (the GPU image's torch, transformers, tokenizers); nothing is installed.
 # Every step runs under `timeout`, so a hang costs at most that step.
@@ -53,5 +54,8 @@ if [ "$PART" = 2 ] || [ "$PART" = all ]; then
     jstep 80 ah_vl_load_mps $AH $LOAD --stream-priority -1
     step 10 mps-stop sh -c "echo quit | nvidia-cuda-mps-control"
   fi
+fi
+if [ "$PART" = 3 ] || [ "$PART" = all ]; then
+  jstep 540 vl_qwen3b_compiled "$PY" bench/vl.py --device cuda --backbone random-qwen-3b --modes batched,batched-compiled,batched-compiled-graphs --iters 30 --max-seconds 20 --json
 fi
 echo "done: $(ls "$OUT")" | tee -a "$log"

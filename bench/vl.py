@@ -109,12 +109,33 @@ def run_mode(encoder, views, iters: int, warmup: int, max_seconds: float) -> dic
     return _stats(ms)
 
 
+def measure_mode(mode, args, cfg, vl_dim, views, random_parts, compile_modes) -> dict:
+    """Build the encoder for one mode and time it."""
+    prompt = format_prompt(cfg.task)
+    kw = {"mode": "batched", "compile_mode": compile_modes[mode]} if mode in compile_modes else {"mode": mode}
+    t0 = time.perf_counter()
+    if mode == "reference":
+        enc = ReferencePath(args.backbone_dir, args.device, prompt, parts=random_parts)
+    elif random_parts is not None:
+        from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
+        enc = random_qwen_backbone("3b", prompt=prompt, device=args.device, model=random_parts, **kw)
+    elif args.backbone == "compact":
+        enc = make_backbone(cfg, vl_dim, device=args.device)
+    else:
+        enc = make_backbone(cfg, vl_dim, device=args.device, **kw)
+    enc.encode(views)                                  # first call (compilation, lazy init)
+    first_s = time.perf_counter() - t0
+    return {"backbone": args.backbone, "mode": mode, "vl_dim": vl_dim, "device": args.device,
+            "setup_and_first_call_s": first_s, **run_mode(enc, views, args.iters, args.warmup, args.max_seconds)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", choices=("compact", "qwen2.5-vl", "tiny-qwen", "random-qwen-3b"), default="compact")
     ap.add_argument("--backbone-dir", default="")
     ap.add_argument("--vl-dim", type=int, default=0, help="default: 2048 (compact), the model's hidden size (qwen)")
-    ap.add_argument("--modes", default="batched,sequential,streams")
+    ap.add_argument("--modes", default="batched,sequential,streams",
+                    help="qwen: batched, sequential, streams, reference, batched-compiled, batched-compiled-graphs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
@@ -144,6 +165,7 @@ def main(argv=None) -> int:
             args.vl_dim = cfg_json.get("text_config", cfg_json).get("hidden_size") or cfg_json["hidden_size"]
     vl_dim = args.vl_dim or 2048
     modes = ["batched"] if args.backbone == "compact" else [m for m in args.modes.split(",") if m]
+    compile_modes = {"batched-compiled": "default", "batched-compiled-graphs": "reduce-overhead"}
     if args.load_seconds:
         if random_parts is not None:
             from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
@@ -158,19 +180,11 @@ def main(argv=None) -> int:
         return 0
     results = []
     for mode in modes:
-        if mode == "reference":
-            enc = ReferencePath(args.backbone_dir, args.device, format_prompt(cfg.task), parts=random_parts)
-        elif random_parts is not None:
-            from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
-            enc = random_qwen_backbone("3b", prompt=format_prompt(cfg.task), device=args.device, mode=mode,
-                                       model=random_parts)
-        elif args.backbone == "compact":
-            enc = make_backbone(cfg, vl_dim, device=args.device)
-        else:
-            enc = make_backbone(cfg, vl_dim, device=args.device, mode=mode)
-        results.append({"backbone": args.backbone, "mode": mode, "vl_dim": vl_dim, "device": args.device,
-                        **run_mode(enc, views, args.iters, args.warmup, args.max_seconds)})
-        del enc
+        try:
+            results.append(measure_mode(mode, args, cfg, vl_dim, views, random_parts, compile_modes))
+        except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' figures
+            results.append({"backbone": args.backbone, "mode": mode, "device": args.device,
+                            "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
     report = {"benchmark": "vl", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "shm-vla bench vl " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": {"cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
@@ -182,6 +196,9 @@ def main(argv=None) -> int:
     else:
         print(report["command"])
         for r in results:
+            if "error" in r:
+                print(f"{r['backbone']:<11} {r['mode']:<10} {r['device']:<6} error: {r['error']}")
+                continue
             print(f"{r['backbone']:<11} {r['mode']:<10} {r['device']:<6} vl_dim {r['vl_dim']:<5} p50 {r['p50_ms']:8.2f} "
                   f"p99 {r['p99_ms']:8.2f} max {r['max_ms']:8.2f} ms (n {r['n']})")
     if tmp is not None:

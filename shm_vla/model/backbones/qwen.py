@@ -15,6 +15,8 @@ Fast path (this module):
   PIL): bicubic antialiased resize (PIL's filter), rounding to uint8 levels as PIL does,
   rescale, normalise, patchify into the processor's exact layout;
 * only the base model runs (no LM head, no hidden-state tuple);
+* optional ``compile_mode``: ``torch.compile`` of the fixed-shape forward (``"default"``, or
+  ``"reduce-overhead"`` for CUDA graphs through compile); measured by bench/vl.py, off by default;
 * view scheduling ``mode``: ``batched`` (one forward of 5 sequences, default), ``sequential``
   (one view at a time) or ``streams`` (each view on its own CUDA stream for upload,
   preprocessing and encoding; equals ``sequential`` on a CPU).
@@ -104,7 +106,8 @@ class QwenBackbone(Backbone):
     def __init__(self, backbone_dir: str, vl_dim: int, *, prompt: str, device: str = "cpu",
                  dtype: torch.dtype | None = None, vl_state_dict: dict | None = None, mode: str = "batched",
                  min_pixels: int = DEPLOYED_PIXELS, max_pixels: int = DEPLOYED_PIXELS,
-                 image_size: tuple[int, int] = (360, 640), num_views: int = 5, _parts: tuple | None = None):
+                 image_size: tuple[int, int] = (360, 640), num_views: int = 5, compile_mode: str | None = None,
+                 _parts: tuple | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown VL mode {mode!r} (choose {', '.join(MODES)})")
         self.device = torch.device(device)
@@ -144,6 +147,8 @@ class QwenBackbone(Backbone):
         self.model = base.to(self.device, self.dtype).eval().requires_grad_(False)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         del full
+        if compile_mode:    # fixed shapes: torch.compile of the forward ("default", "reduce-overhead" = CUDA graphs)
+            self.model.forward = torch.compile(self.model.forward, mode=compile_mode, dynamic=False)
         vc = self.config.vision_config
         self.patch = int(pre.get("patch_size", getattr(vc, "patch_size", 14)))
         self.merge = int(pre.get("merge_size", getattr(vc, "spatial_merge_size", 2)))

@@ -8,6 +8,10 @@
 #   bash bench/gpu_suite.sh all   # all three (a machine without the 10-minute limit)
 # Writes JSON (one file per step) and suite.log under ${OUT:-out/gpu}.
 # Uses `python3` (the GPU image's torch, transformers, tokenizers); nothing is installed.
+# The shared conformance fixtures do not travel with the working tree: copy them into an ignored
+# folder that the device call carries, e.g. here
+#   mkdir -p .fixtures && cp ../shared/fixtures/*.pt .fixtures/ && echo /.fixtures/ >> .git/info/exclude
+# and run with carry [".fixtures"]: the suite then points SHM_VLA_FIXTURES at it (20 MB).
 # Every step runs under `timeout`, so a hang costs at most that step.
 set -u
 cd "$(dirname "$0")/.."
@@ -16,6 +20,7 @@ OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+[ -d .fixtures ] && export SHM_VLA_FIXTURES="$PWD/.fixtures"
 log="$OUT/suite$PART.log"
 step() {  # step SECONDS NAME CMD... : run, log, never abort the suite
   local t=$1 name=$2; shift 2

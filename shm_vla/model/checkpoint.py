@@ -64,21 +64,28 @@ class LoadedModel:
     sizes: HeadSizes
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-    """-> (state dict, other top-level entries). Accepts a training checkpoint or a bare state dict."""
+def load_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` (memory-mapped when the format allows); every
+    failure is a one-line CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
         try:     # mmap: a multi-GB vl_model.* part is not read unless used
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc) and "zip" not in str(exc):
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)     # legacy (non-zip) format
+            return torch.load(path, map_location="cpu", weights_only=True)     # legacy (non-zip) format
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is one clear line
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"checkpoint {path}: cannot be read with weights_only=True: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                              f"{type(exc).__name__}: {first}") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """-> (state dict, other top-level entries). Accepts a training checkpoint or a bare state dict."""
+    obj = load_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(obj).__name__}")
     if "model_state_dict" in obj:

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from .. import config as config_mod
-from .checkpoint import load_state_dict_model, read_checkpoint
+from .checkpoint import load_file, load_state_dict_model, read_checkpoint
 from .errors import CheckpointError
 
 DEFAULT_ATOL = 1e-5
@@ -90,7 +90,7 @@ def _info(args, cfg) -> int:
 
 def verify_cases(obj_path: str, sensor_window: int = 65, atol: float = DEFAULT_ATOL) -> list[dict]:
     """Run every stored case; -> [{name, max_abs_error, ok, per-tensor errors}]."""
-    obj = torch.load(obj_path, map_location="cpu", weights_only=True)
+    obj = load_file(obj_path)
     if not isinstance(obj, dict) or not obj.get("cases"):
         raise CheckpointError(f"checkpoint {obj_path}: no reference 'cases' stored in this file")
     sd = obj["model_state_dict"] if "model_state_dict" in obj else obj
@@ -127,7 +127,10 @@ def verify_cases(obj_path: str, sensor_window: int = 65, atol: float = DEFAULT_A
 
 
 def _verify(args, cfg) -> int:
-    results = verify_cases(args.path, cfg.sensor.window, args.atol)
+    try:
+        results = verify_cases(args.path, cfg.sensor.window, args.atol)
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {args.path}: a stored case lacks the entry {exc}") from None
     if args.json:
         print(json.dumps({"path": args.path, "atol": args.atol, "cases": results}, indent=2))
     else:

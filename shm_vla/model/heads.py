@@ -461,12 +461,12 @@ def load_heads(state_dict: dict, *, sensor_temporal_length: int = 65, horizon: i
                dtype: torch.dtype = torch.float32, device="cpu") -> Heads:
     """Build the heads sized from ``state_dict`` and load it strictly (head keys only).
 
-    Non-head keys (``vl_model.*`` and the rest) are ignored; :func:`split_state_dict` tells
-    which. ``horizon`` is the flow-matching horizon (a regression head's comes from
+    Non-head keys (``vl_model.*`` and the rest) are ignored and listed in
+    ``heads.ignored_keys``. ``horizon`` is the flow-matching horizon (a regression head's comes from
     ``pos_embed``). Weights end in ``dtype`` on ``device``, BatchNorm in float32. Raises
     :class:`CheckpointError` for a missing key, a wrong shape or inconsistent widths.
     """
-    head_sd, _, _ = split_state_dict(state_dict)
+    head_sd, vl_sd, other = split_state_dict(state_dict)
     sizes = infer_sizes(head_sd)
     try:
         heads = Heads(sizes, sensor_temporal_length=sensor_temporal_length, horizon=horizon)
@@ -477,4 +477,5 @@ def load_heads(state_dict: dict, *, sensor_temporal_length: int = 65, horizon: i
     heads.eval().requires_grad_(False)
     if dtype != torch.float32 or str(device) != "cpu":
         heads = heads.converted(dtype, device)
+    heads.ignored_keys = sorted(list(vl_sd) + other)
     return heads

@@ -63,6 +63,8 @@ def test_vl_and_other_keys_ignored_and_reported(tiny, tmp_path):
     assert lm.info.ignored_keys == ["some_other.buffer", "vl_model.model.embed_tokens.weight"]
     assert lm.info.ignored_summary == {"some_other": 1, "vl_model": 1}
     assert lm.info.vl_key_count == 1
+    heads = load_heads(ck["model_state_dict"])
+    assert heads.ignored_keys == ["some_other.buffer", "vl_model.model.embed_tokens.weight"]
 
 
 def _save_modified(tiny, tmp_path, fn, name="bad.pt"):

@@ -66,7 +66,10 @@ def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
         dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     ours = TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
-                      horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=args.stream_priority)
+                      horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=args.stream_priority,
+                      compile=args.compile)
+    if not args.device.startswith("cuda"):
+        ours.run()                                  # CPU: compile (if asked) before the timed loop
     setup_s = time.perf_counter() - t0
     seed = SeedStyleTick(lm.heads, device=args.device, flow_steps=args.steps, solver=args.solver, horizon=8)
     rng = np.random.default_rng(0)
@@ -98,7 +101,7 @@ def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
     return {
         "preset": preset, "model_type": lm.info.model_type, "parameters": lm.info.parameter_count,
         "device": args.device, "ours_dtype": str(dtype).replace("torch.", ""), "cuda_graph": ours.graph is not None,
-        "graph_copies": ours.graph_copies, "stream_priority": args.stream_priority, "flow_steps": args.steps, "solver": args.solver,
+        "graph_copies": ours.graph_copies, "stream_priority": args.stream_priority, "compiled": args.compile, "flow_steps": args.steps, "solver": args.solver,
         "ours": o, "seed_style": s, "ratio_p50": s["p50_ms"] / o["p50_ms"], "ratio_p99": s["p99_ms"] / o["p99_ms"],
         "ours_split_p50_ms": {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])},
         "ours_setup_s": setup_s,
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-graph", action="store_true", help="CUDA: eager instead of one CUDA graph")
     ap.add_argument("--stream-priority", type=int, default=0,
                     help="CUDA: priority of the runner's stream (lower = higher priority, e.g. -1)")
+    ap.add_argument("--compile", action="store_true", help="TickRunner(compile=True): torch.compile velocity/encoders")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vl-load", action="store_true", help="run bench/vl.py on the same device meanwhile")
     ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "random-qwen-3b"),

@@ -41,6 +41,7 @@ if [ "$PART" = 1 ] || [ "$PART" = all ]; then
   step 120 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/unit/test_model_conformance.py
   jstep 75 ah_graph $AH --presets tiny,seed-size --iters 500 --max-seconds 25
   jstep 50 ah_graph_rk4 $AH --presets seed-size --solver rk4 --iters 300 --max-seconds 20
+  jstep 120 ah_graph_compiled $AH --presets seed-size --iters 500 --max-seconds 20 --compile
   jstep 50 ah_eager $AH --presets seed-size --iters 300 --no-graph --max-seconds 20
   jstep 50 ah_graph_reg $AH --presets seed-size --type regression --iters 300 --max-seconds 20
 fi

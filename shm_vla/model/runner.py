@@ -64,12 +64,15 @@ class TickRunner:
 
     ``horizon`` is the flow-matching horizon; a regression head's horizon comes from the
     checkpoint (``pos_embed``) and ``horizon`` is then ignored. ``seed`` seeds the noise stream
-    used when :meth:`run` gets no ``noise_seed`` (None: from the OS).
+    used when :meth:`run` gets no ``noise_seed`` (None: from the OS). ``stream_priority`` (CUDA)
+    is the priority of the runner's stream (lower is higher, e.g. -1). ``compile=True`` runs the
+    velocity and the encoders through ``torch.compile`` first (start-up takes longer; off by
+    default; benchmarked by ``bench/action_head.py --compile``).
     """
 
     def __init__(self, loaded, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  flow_steps: int = 10, solver: str = "euler", horizon: int = 8, use_cuda_graph: bool = True,
-                 seed: int | None = None, stream_priority: int = 0, warmup: int = 3):
+                 seed: int | None = None, stream_priority: int = 0, warmup: int = 3, compile: bool = False):
         heads: Heads = getattr(loaded, "heads", loaded)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -82,11 +85,21 @@ class TickRunner:
         self.is_cuda = self.device.type == "cuda"
         if self.is_cuda and not torch.cuda.is_available():
             raise RuntimeError(f"TickRunner: device {self.device} requested but CUDA is not available")
-        if dtype == torch.float32 and self.device.type == "cpu" and next(heads.parameters()).dtype == torch.float32:
+        if (dtype == torch.float32 and self.device.type == "cpu" and not compile
+                and next(heads.parameters()).dtype == torch.float32):
             self.heads = heads                       # share the loaded float32 CPU modules
         else:
             self.heads = heads.converted(dtype, self.device)
         self.heads.eval()
+        self.compiled = bool(compile)
+        if compile:
+            # torch.compile (inductor, no CUDA graphs of its own) of the per-step velocity and of both
+            # encoders: fewer, fused kernels. Shapes are fixed, so it compiles once, during warm-up,
+            # and the result is then captured in the runner's own graph like eager code.
+            h = self.heads
+            h.action_expert.velocity_biased = torch.compile(h.action_expert.velocity_biased, dynamic=False)
+            h.sensor_encoder.forward = torch.compile(h.sensor_encoder.forward, dynamic=False)
+            h.robot_state_encoder.forward = torch.compile(h.robot_state_encoder.forward, dynamic=False)
         s = heads.sizes
         self.sizes = s
         self.model_type = heads.model_type

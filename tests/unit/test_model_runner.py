@@ -145,3 +145,14 @@ def test_bf16_cpu_runner_close(models):
     a = f32.run(noise_seed=4).actions
     b = b16.run(noise_seed=4).actions
     assert np.abs(a - b).max() < 0.1
+
+
+@pytest.mark.slow
+def test_compiled_runner_matches(models):
+    """compile=True (torch.compile of velocity and encoders) gives the same actions (float32, CPU)."""
+    plain = TickRunner(models["flow"], flow_steps=4, solver="rk4")
+    compiled = TickRunner(models["flow"], flow_steps=4, solver="rk4", compile=True)
+    for r in (plain, compiled):
+        _fill(r, 9)
+    np.testing.assert_allclose(compiled.run(noise_seed=3).actions, plain.run(noise_seed=3).actions, atol=1e-5, rtol=0)
+    assert not hasattr(models["flow"].heads.action_expert.velocity_biased, "_torchdynamo_orig_callable")

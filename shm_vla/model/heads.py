@@ -344,7 +344,8 @@ def infer_sizes(sd: dict) -> HeadSizes:
         te_dim = None
         expert_layers = _layer_count(keys, "action_expert.temporal_decoder.layers.")
         reg_h = _shape(sd, "action_expert.pos_embed", 3)[1]
-    for name, width in (("sensor transformer", 2 * hs), ("robot transformer", r), ("action expert", d)):
+    sensor_width = hs if sensor_conv == 1 else 2 * hs
+    for name, width in (("sensor transformer", sensor_width), ("robot transformer", r), ("action expert", d)):
         if width % NUM_HEADS:
             raise CheckpointError(f"{name} width {width} is not divisible by {NUM_HEADS} attention heads")
     return HeadSizes(model_type=model_type, sensor_encoder_variant=variant, vl_dim=vl_dim, sensor_channels=channels,

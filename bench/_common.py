@@ -108,10 +108,12 @@ class Procs:
         return proc.returncode
 
     def stop_all(self, timeout_s: float = 20.0, order: list[str] | None = None) -> None:
+        """Stop everything; a second Ctrl+C or SIGTERM meanwhile cannot cut the clean-up short."""
         names = order or list(reversed(list(self.procs)))
-        for name in names + [n for n in self.procs if n not in names]:
-            self.stop(name, timeout_s)
-        self._stop_leftovers()
+        with signals_deferred():
+            for name in names + [n for n in self.procs if n not in names]:
+                self.stop(name, timeout_s)
+            self._stop_leftovers()
 
     def _stop_leftovers(self) -> None:
         alive = [p for p in self._known.values() if _still_running(p)]
@@ -148,6 +150,22 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class signals_deferred:
+    """Ignore SIGINT/SIGTERM inside the block (main thread only); restore the handlers after."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.saved = None
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in (self.saved or {}).items():
+            signal.signal(sig, handler)
 
 
 def terminate_as_interrupt() -> None:

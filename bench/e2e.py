@@ -359,12 +359,16 @@ def main(argv=None) -> int:
         args.config = work / "loopback.toml"
         report["ports"] = C.write_loopback_config(args.config)
         sides = {"shm_vla": ShmVlaSide, "baseline": BaselineSide}
-        for name, cls in sides.items():
-            if args.only in (None, name):
-                try:
-                    report["runs"][name] = run_side(cls(name, work, args))
-                except RuntimeError as exc:
-                    report["errors"].append(str(exc))
+        try:
+            for name, cls in sides.items():
+                if args.only in (None, name):
+                    try:
+                        report["runs"][name] = run_side(cls(name, work, args))
+                    except RuntimeError as exc:
+                        report["errors"].append(str(exc))
+        except KeyboardInterrupt:
+            print("shm-vla bench e2e: interrupted; every process stopped", file=sys.stderr)
+            return 130
     runs = report["runs"]
     if "shm_vla" in runs and "baseline" in runs:
         report["ratios"] = ratios(runs["shm_vla"], runs["baseline"])

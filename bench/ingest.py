@@ -258,12 +258,16 @@ def main(argv=None) -> int:
     report["errors"] = []
     parts = {"nominal": nominal, "sensor_steps": sensor_steps}
     with tempfile.TemporaryDirectory(prefix="shm-vla-ingest-") as tmp:
-        for name, part in parts.items():
-            if args.only in (None, name.replace("_", "-")):
-                try:
-                    report[name] = part(args, Path(tmp))
-                except RuntimeError as exc:
-                    report["errors"].append(f"{name}: {exc}")
+        try:
+            for name, part in parts.items():
+                if args.only in (None, name.replace("_", "-")):
+                    try:
+                        report[name] = part(args, Path(tmp))
+                    except RuntimeError as exc:
+                        report["errors"].append(f"{name}: {exc}")
+        except KeyboardInterrupt:
+            print("shm-vla bench ingest: interrupted; every process stopped", file=sys.stderr)
+            return 130
     report["targets"] = targets(report)
     C.emit(report, args.json, render)
     return 1 if report["errors"] else 0

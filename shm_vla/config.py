@@ -125,7 +125,8 @@ class ActConfig:
     clamp_mm: float = 0.1              # |dx|,|dy|,|dz| per tick
     clamp_deg: float = 0.1             # |da|,|db|,|dr| per tick
     auto_start: bool = False
-    regression_z_chunk: str = "zeros"  # as deployed
+    rt_priority: int = 0               # >0: SCHED_FIFO priority of the tick thread (needs CAP_SYS_NICE)
+    nice: int = 0                      # used when rt_priority is 0; < 0 needs CAP_SYS_NICE
 
 
 @dataclass

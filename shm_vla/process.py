@@ -8,6 +8,7 @@ watchdog, both cheap). SIGINT/SIGTERM only set a flag: the loop ends at its next
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -56,6 +57,24 @@ class Runtime:
             if ring.retries != last:
                 counter.inc(ring.retries - last)
                 entry[2] = ring.retries
+
+    def raise_priority(self, rt_priority: int, nice: int) -> None:
+        """SCHED_FIFO for this thread, or a nice value; without the privilege, one warning.
+
+        Under systemd the unit sets these (CPUSchedulingPolicy=, Nice=); this is for
+        `shm-vla run` on machines without systemd. On 2 cores it is what keeps the tick's
+        jitter low when other work saturates the CPUs.
+        """
+        try:
+            if rt_priority > 0:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
+                self.log.info("running at SCHED_FIFO priority %d", rt_priority)
+            elif nice:
+                os.nice(nice)
+                self.log.info("running at nice %d", nice)
+        except PermissionError:
+            self.log.warning("cannot raise scheduling priority (rt_priority %d, nice %d): needs CAP_SYS_NICE; "
+                             "running at normal priority", rt_priority, nice)
 
     def ready(self, status: str = "") -> None:
         self.stats.set_state("up")

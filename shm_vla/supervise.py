@@ -209,4 +209,6 @@ def main(argv: list[str]) -> int:
     finally:
         sup.stop_all()
         stats.close()
+        # every writer has exited: the segments are stale now; the session files hold the data
+        segmod.remove_instance(cfg.instance, cfg.shm.prefix)
     return 0

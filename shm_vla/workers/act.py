@@ -245,6 +245,7 @@ def run(rt: Runtime) -> int:
     inputs = Inputs(streams, info.vl_dim, cfg.sensor.window, info.robot_window, *rings)
     commander = Commander(rt)
     worker = ActWorker(rt, runner, inputs, results, commander)
+    rt.raise_priority(cfg.act.rt_priority, cfg.act.nice)
     rt.ready(f"act {info.model_type} at {cfg.act.tick_hz:g} Hz on {cfg.model.act_device}")
     try:
         worker.loop()

@@ -37,12 +37,21 @@ def _up(instance, process):
     return snap is not None and snap["state"] == "up"
 
 
-def _start_ingest(instance, cfg_path, kinds, tmp_path):
-    procs = {k: spawn("ingest", k, "--instance", instance, "--config", str(cfg_path), log=tmp_path / f"{k}.log")
-             for k in kinds}
-    assert wait_for(lambda: all(_up(instance, f"ingest-{k}") for k in kinds), 30), \
-        [(tmp_path / f"{k}.log").read_text() for k in kinds]
-    return procs
+@pytest.fixture
+def start_ingest(tmp_path, instance):
+    """Start ingest processes; they are stopped at teardown even if the test failed."""
+    started = []
+
+    def start(cfg_path, kinds):
+        procs = {k: spawn("ingest", k, "--instance", instance, "--config", str(cfg_path),
+                          log=tmp_path / f"{k}.log") for k in kinds}
+        started.extend(procs.values())
+        assert wait_for(lambda: all(_up(instance, f"ingest-{k}") for k in kinds), 30), \
+            [(tmp_path / f"{k}.log").read_text() for k in kinds]
+        return procs
+    yield start
+    codes = [stop(p) for p in started]
+    assert codes == [0] * len(codes)           # SIGTERM is a clean exit
 
 
 def _steady_rate(meta: np.ndarray) -> float:
@@ -51,19 +60,23 @@ def _steady_rate(meta: np.ndarray) -> float:
 
 
 @pytest.fixture
-def running(tmp_path, instance):
+def running(tmp_path, instance, start_ingest):
     cfg_path, ports = write_config(tmp_path / "cfg.toml")
-    procs = _start_ingest(instance, cfg_path, ("sensor", "robot", "camera"), tmp_path)
-    cfg = config.load(instance, cfg_path)
-    yield cfg, cfg_path, ports, procs
-    for p in procs.values():
-        assert stop(p) == 0
+    procs = start_ingest(cfg_path, ("sensor", "robot", "camera"))
+    return config.load(instance, cfg_path), cfg_path, ports, procs
 
 
 def test_every_stream_against_its_simulator(running, tmp_path, instance):
     cfg, cfg_path, _, _ = running
     sims = spawn("sim", "all", "--instance", instance, "--config", str(cfg_path), "--duration", "5",
                  "--clock-offset-s", str(CLOCK_OFFSET_S), "--right", log=tmp_path / "sim.log")
+    try:
+        _check_streams(cfg, instance)
+    finally:
+        assert stop(sims) == 0
+
+
+def _check_streams(cfg, instance):
     streams = Streams(cfg)
     sensor, robot = streams.attach_sensor(), streams.attach_robot()
     views = [streams.attach_view(i) for i in range(5)]
@@ -100,7 +113,6 @@ def test_every_stream_against_its_simulator(running, tmp_path, instance):
     assert jpeg.latest(j_out, j_meta) >= 0
     raw = j_out[0, : int(j_meta["aux"][0])].tobytes()
     assert content.frame_counter(simplejpeg.decode_jpeg(raw, "RGB"))[0] == 0   # the received bytes, kept
-    assert stop(sims) == 0
 
 
 def _send_udp(port, payloads):
@@ -110,9 +122,9 @@ def _send_udp(port, payloads):
             time.sleep(0.002)
 
 
-def test_sensor_bad_datagrams_are_counted_and_never_stored(tmp_path, instance):
+def test_sensor_bad_datagrams_are_counted_and_never_stored(tmp_path, instance, start_ingest):
     cfg_path, ports = write_config(tmp_path / "cfg.toml")
-    procs = _start_ingest(instance, cfg_path, ("sensor",), tmp_path)
+    start_ingest(cfg_path, ("sensor",))
     cfg = config.load(instance, cfg_path)
     dtype = sensor_proto.record_dtype(cfg.sensor.ascan_len)
     good = np.zeros(3, dtype)
@@ -146,7 +158,6 @@ def test_sensor_bad_datagrams_are_counted_and_never_stored(tmp_path, instance):
     _send_udp(ports["sensor"], [sensor_proto.encode_datagram(early)])
     assert wait_for(lambda: statsmod.read_snapshot(instance, "ingest-sensor")["values"]["sender_restarts"] == 1, 5)
     assert ring.head == 10
-    assert stop(procs["sensor"]) == 0
 
 
 def _push(port):
@@ -157,9 +168,9 @@ def _push(port):
     return push
 
 
-def test_camera_bad_messages_flood_and_resize(tmp_path, instance):
+def test_camera_bad_messages_flood_and_resize(tmp_path, instance, start_ingest):
     cfg_path, ports = write_config(tmp_path / "cfg.toml")
-    procs = _start_ingest(instance, cfg_path, ("camera",), tmp_path)
+    start_ingest(cfg_path, ("camera",))
     cfg = config.load(instance, cfg_path)
     push = _push(ports["camera"])
     jpeg = content.frame_jpeg(0, 7)
@@ -200,12 +211,11 @@ def test_camera_bad_messages_flood_and_resize(tmp_path, instance):
     values = statsmod.read_snapshot(instance, "ingest-camera")["values"]
     assert values["frames.view1"] + values["superseded_frames"] == 300
     push.close(0)
-    assert stop(procs["camera"]) == 0
 
 
-def test_robot_bad_messages_publisher_restart_and_stall(tmp_path, instance):
+def test_robot_bad_messages_publisher_restart_and_stall(tmp_path, instance, start_ingest):
     cfg_path, ports = write_config(tmp_path / "cfg.toml")
-    procs = _start_ingest(instance, cfg_path, ("robot",), tmp_path)
+    start_ingest(cfg_path, ("robot",))
     cfg = config.load(instance, cfg_path)
     ring = Streams(cfg).attach_robot()
     ctx = zmq.Context.instance()
@@ -242,4 +252,3 @@ def test_robot_bad_messages_publisher_restart_and_stall(tmp_path, instance):
     ring.window(20, out)
     assert (np.diff(content.robot_counters(out)) == 1).all()
     pub.close(0)
-    assert stop(procs["robot"]) == 0

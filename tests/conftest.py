@@ -30,11 +30,22 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def instance():
-    """A unique instance name so parallel or leftover segments never collide."""
+    """A unique instance name so parallel or leftover segments never collide.
+
+    At teardown every segment of the instance goes: stale ones, and live ones whose
+    writer is this test process (rings a test created and did not close).
+    """
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
+    import posix_ipc
     from shm_vla.shm import segment
-    segment.remove_instance(name)
+    for seg in segment.instance_segments(name):
+        info = segment.inspect(seg)
+        if not info.alive or info.writer_pid == os.getpid():
+            try:
+                posix_ipc.unlink_shared_memory(seg)
+            except posix_ipc.ExistentialError:
+                pass
 
 
 @pytest.fixture(scope="session")

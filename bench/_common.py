@@ -307,3 +307,25 @@ def emit(report: dict, as_json: bool, render) -> None:
         print(json.dumps(report, indent=2), flush=True)
     else:
         print(render(report), flush=True)
+
+
+def _hog() -> None:
+    while True:
+        pass
+
+
+def start_cpu_hogs(n: int) -> list:
+    """N processes that spin at normal priority: a saturated machine, bounded by the caller."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    hogs = [ctx.Process(target=_hog, daemon=True) for _ in range(n)]
+    for h in hogs:
+        h.start()
+    return hogs
+
+
+def stop_cpu_hogs(hogs: list) -> None:
+    for h in hogs:
+        h.terminate()
+    for h in hogs:
+        h.join(5)

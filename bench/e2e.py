@@ -117,7 +117,8 @@ class Side:
 
 class ShmVlaSide(Side):
     def start(self):
-        argv = C.cli_argv("run", self.ctx.model, *self.common_args(), "--sim", "--checkpoint",
+        sets = [a for o in self.ctx.overrides for a in ("--set", o)]
+        argv = C.cli_argv("run", self.ctx.model, *self.common_args(), *sets, "--sim", "--checkpoint",
                           str(self.ctx.checkpoint), "--out", str(self.out))
         return self.procs.start("supervisor", argv)
 
@@ -340,6 +341,10 @@ def parse_args(argv):
                    help="baseline head: the seed's tick strategy (default) or shm-vla's TickRunner")
     p.add_argument("--only", choices=("shm_vla", "baseline"), default=None, help="run one side only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config override for the shm-vla side only, e.g. act.rt_priority=20")
+    p.add_argument("--cpu-hogs", type=int, default=0, metavar="N",
+                   help="run N busy-looping processes during both sides (a saturated machine)")
     args = p.parse_args(argv)
     args.duration = args.duration or (QUICK_DURATION_S if args.quick else DEFAULT_DURATION_S)
     return args
@@ -351,7 +356,7 @@ def main(argv=None) -> int:
     C.terminate_as_interrupt()
     report = C.report_header("e2e", argv)
     report.update(model=args.model, duration_s=args.duration, warmup_s=args.warmup, baseline_head=args.head,
-                  runs={}, errors=[])
+                  overrides=args.overrides, cpu_hogs=args.cpu_hogs, runs={}, errors=[])
     with tempfile.TemporaryDirectory(prefix="shm-vla-e2e-") as tmp:
         work = Path(tmp)
         from shm_vla.model.make_checkpoint import make_checkpoint
@@ -359,6 +364,7 @@ def main(argv=None) -> int:
         args.config = work / "loopback.toml"
         report["ports"] = C.write_loopback_config(args.config)
         sides = {"shm_vla": ShmVlaSide, "baseline": BaselineSide}
+        hogs = C.start_cpu_hogs(args.cpu_hogs)
         try:
             for name, cls in sides.items():
                 if args.only in (None, name):
@@ -369,6 +375,8 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print("shm-vla bench e2e: interrupted; every process stopped", file=sys.stderr)
             return 130
+        finally:
+            C.stop_cpu_hogs(hogs)
     runs = report["runs"]
     if "shm_vla" in runs and "baseline" in runs:
         report["ratios"] = ratios(runs["shm_vla"], runs["baseline"])

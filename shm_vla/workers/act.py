@@ -93,7 +93,12 @@ class ActWorker:
         self._blank["actions"] = np.nan
         self._blank["delta"] = np.nan
         self._blank["dp"] = np.nan
-        self.started = not cfg.act.auto_start
+        # Auto-start moves the robot to its start joints: never again in a session that has
+        # already ticked (act restarted after a crash finds the results ring non-empty).
+        self.started = not cfg.act.auto_start or results_ring.head > 0
+        if cfg.act.auto_start and self.started:
+            rt.log.warning("auto-start skipped: this session already ticked (%d results); "
+                           "a restarted act process never re-sends the start command", results_ring.head)
         self.action_id = 0
         s = rt.stats
         self.ticks = s.counter("ticks")

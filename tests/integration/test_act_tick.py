@@ -84,6 +84,17 @@ def test_no_command_without_inputs_then_start_then_clamped_dpose(rig):
     assert r["sensor_age_ms"] >= 0 and r["robot_age_ms"] >= 0
 
 
+def test_a_restarted_act_never_resends_the_start_command(rig):
+    worker, rings, results, sink, cfg = rig
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert _recv(sink)["cmd"] == "start" and _recv(sink)["cmd"] == "dpose"
+    again = ActWorker(worker.rt, worker.runner, worker.inputs, results, worker.commander)   # a restart
+    _feed(rings)
+    again.tick(time.monotonic_ns(), 0.0)
+    assert _recv(sink)["cmd"] == "dpose"
+
+
 def test_robot_window_is_front_padded_while_the_ring_fills(rig):
     worker, rings, results, sink, cfg = rig
     _feed(rings, n_robot=7)

@@ -84,7 +84,7 @@ class SensorConfig:
 @dataclass
 class CommandConfig:
     connect: str = "tcp://{robot_ip}:5000"
-    sndhwm: int = 10                   # a robot that stops reading must not queue stale commands
+    sndhwm: int = 2                    # a robot that stops reading must not queue stale commands (0.2 s at 10 Hz)
     start_joints: list = field(default_factory=lambda: [191.0, 1.0, 309.0, 1.0, 91.0, 1.0])
     lock_j6: bool = False
 

@@ -42,6 +42,7 @@ def vl_dtype(vl_dim: int) -> np.dtype:
         ("update", "<i8"),                      # 1, 2, ... per VL process lifetime
         ("encode_ms", "<f8"),
         ("capture_ts", "<f8", (N_VIEWS,)),      # each view's capture time, sender clock (s)
+        ("capture_local_ts", "<f8", (N_VIEWS,)),  # the same on our wall clock (estimated offset)
         ("frame_recv_mono_ns", "<i8", (N_VIEWS,)),
         ("frame_record", "<i8", (N_VIEWS,)),    # record numbers in view1..5: never encode a set twice
         ("skew_ms", "<f8"),                     # newest minus oldest capture time

@@ -162,7 +162,9 @@ class ActWorker:
             "robot": (now_ns - int(inp.robot_meta["recv_mono_ns"][-1])) / 1e6 if kr else np.inf,
         }
         rec["vl_age_ms"], rec["sensor_age_ms"], rec["robot_age_ms"] = ages["vl"], ages["sensor"], ages["robot"]
-        rec["frame_age_ms"] = (now_ns - int(vl["frame_recv_mono_ns"].min())) / 1e6 if have_vl else np.inf
+        # capture (sender clock, mapped to ours through the estimated offset) to now; the
+        # offset absorbs the smallest capture-to-receipt delay, so this is a lower bound
+        rec["frame_age_ms"] = (time.time() - float(vl["capture_local_ts"].min())) * 1e3 if have_vl else np.inf
         if kr:
             rec["robot_state"] = self.runner.robot_in[-1]
             rec["robot_ts"] = float(inp.robot_meta["src_ts"][-1])

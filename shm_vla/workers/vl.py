@@ -97,6 +97,7 @@ class VlWorker:
         slot["update"] = self.vl_ring.head + 1     # monotonic across restarts of this process
         slot["encode_ms"] = encode_ms
         slot["capture_ts"] = fs.meta["src_ts"]
+        slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["aux"]   # aux: the camera clock offset
         slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
         slot["frame_record"] = fs.meta["record"]
         slot["skew_ms"] = fs.skew_ms

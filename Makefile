@@ -30,6 +30,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m 'not slow' tests
 
 bench-ipc: venv
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/ipc.py
 
 install-systemd:

@@ -43,6 +43,19 @@ def read_stats(instance: str, process: str, prefix: str) -> dict:
     return snap
 
 
+def _supervised_state(sup_values: dict, name: str, restarts) -> str:
+    """A dead child of a live supervisor: 'restarting' while a restart is pending (the
+    supervisor's restart_pending.<name> gauge), 'failed' once it gave up (gave_up.<name>,
+    a configuration error), else 'down'. Older supervisors without those gauges: a
+    restart counter means 'restarting'."""
+    if _num(sup_values, f"gave_up.{name}"):
+        return "failed"
+    pending = _num(sup_values, f"restart_pending.{name}")
+    if pending is None:
+        return "restarting" if restarts is not None else "down"
+    return "restarting" if pending else "down"
+
+
 def read_ring(instance: str, stream: str, prefix: str, expected_hz: float) -> dict:
     """Records, newest-record age and receive rate of one ring (unchecked meta reads)."""
     info = {"present": False, "writer_alive": False, "health": None, "records": None, "depth": None,
@@ -226,8 +239,8 @@ def _processes(cfg: Config, sampler: ProcessSampler | None, th: Thresholds) -> d
     out = {}
     for name, snap in sorted(found.items()):
         restarts = _num(sup["values"], f"restarts.{name}") if sup else None
-        if not snap["alive"] and supervising and restarts is not None:
-            snap["state"] = "restarting"
+        if not snap["alive"] and supervising:
+            snap["state"] = _supervised_state(sup["values"], name, restarts)
         cpu = rss = None
         if snap["alive"] and sampler is not None:
             cpu, rss = sampler.sample(snap["pid"], snap["started_wall_ns"])

@@ -141,6 +141,21 @@ def test_down_child_of_live_supervisor_is_restarting(cfg):
     sup.close()
 
 
+def test_supervisor_gauges_tell_restarting_down_and_failed(cfg):
+    sup = statsmod.Stats.create(cfg.instance, "supervisor")
+    sup.set_state("up")
+    for name in ("vl", "act", "record"):
+        sup.counter(f"restarts.{name}")
+        code = f"from shm_vla.shm.stats import Stats\nStats.create('{cfg.instance}', '{name}').set_state('up')"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=30, cwd=REPO)
+    sup.gauge("restart_pending.vl", 0.0).set(1.0)     # waiting out its backoff
+    sup.gauge("restart_pending.act", 0.0)             # exited, not (yet) scheduled
+    sup.gauge("gave_up.record", 0.0).set(1.0)         # configuration error: not restarted
+    procs = stat_model.build_snapshot(cfg)["processes"]
+    assert [procs[n]["state"] for n in ("vl", "act", "record")] == ["restarting", "down", "failed"]
+    sup.close()
+
+
 def test_no_processes_at_all(cfg):
     snap = stat_model.build_snapshot(cfg, stat_model.ProcessSampler())
     assert snap["processes"] == {} and snap["processes_total"] == 0

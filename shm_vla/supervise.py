@@ -123,6 +123,19 @@ class Supervisor:
         if not any(c.restart_at is not None for c in self.children.values()):
             self.stats.set_state("up")
 
+    def all_up(self, cfg) -> bool:
+        """Every child reports state up in its stats segment (sims have none: they are up when started)."""
+        from .shm.stats import read_snapshot
+        for name in self.children:
+            if name == "sim":
+                continue
+            try:
+                if read_snapshot(cfg.instance, name, cfg.shm.prefix)["state"] != "up":
+                    return False
+            except ShmError:
+                return False
+        return True
+
     def stop_all(self) -> None:
         self.stopping = True
         self.stats.set_state("stopping")
@@ -140,6 +153,28 @@ class Supervisor:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         self.stats.set_state("stopped")
+
+
+class RunClock:
+    """--duration counts from the moment every stage reports up (model loaded, warmed up),
+    so `--duration 30` means 30 s of running pipeline; a stage that never comes up does not
+    stretch the run beyond STARTUP_LIMIT_S more."""
+
+    STARTUP_LIMIT_S = 120.0
+
+    def __init__(self, duration_s: float | None, all_up):
+        self.duration_s = duration_s
+        self.all_up = all_up
+        self.started = time.monotonic()
+        self.deadline = None
+
+    def expired(self) -> bool:
+        if self.duration_s is None:
+            return False
+        now = time.monotonic()
+        if self.deadline is None and (self.all_up() or now - self.started > self.STARTUP_LIMIT_S):
+            self.deadline = now + self.duration_s
+        return self.deadline is not None and now >= self.deadline
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,12 +232,12 @@ def main(argv: list[str]) -> int:
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))
-    deadline = None if args.duration is None else time.monotonic() + args.duration
+    clock = RunClock(args.duration, lambda: sup.all_up(cfg))
     sup.start_all()
     stats.set_state("up")
     print(f"shm-vla run {args.model_type}: instance {cfg.instance}, sessions in {args.out}", file=sys.stderr, flush=True)
     try:
-        while not stop and (deadline is None or time.monotonic() < deadline):
+        while not stop and not clock.expired():
             sup.watch_once()
             stats.heartbeat()
             time.sleep(POLL_S)

@@ -47,6 +47,15 @@ def ring_depth(nbytes: int) -> int:
 
 
 # ---------------------------------------------------------------------------- writers
+
+def _delete_ports(owner, attrs) -> None:
+    """Release iceoryx2 objects in order (ports before services before the node)."""
+    for attr in attrs:
+        obj = getattr(owner, attr, None)
+        if obj is not None and hasattr(obj, "delete"):
+            obj.delete()
+        setattr(owner, attr, None)
+
 class RingWriter:
     def __init__(self, spec):
         from shm_vla.shm.ring import Ring
@@ -129,11 +138,7 @@ class Iceoryx2Writer(_Iox):
         self.notifier.notify()
 
     def close(self) -> None:
-        for attr in ("notifier", "pub", "event", "pubsub", "node"):
-            obj = getattr(self, attr, None)
-            if obj is not None and hasattr(obj, "delete"):
-                obj.delete()
-            setattr(self, attr, None)
+        _delete_ports(self, ("notifier", "pub", "event", "pubsub", "node"))
 
 
 def make_writer(spec, queue):
@@ -311,11 +316,7 @@ class Iceoryx2Reader(_Iox):
         return {}
 
     def close(self) -> None:
-        for attr in ("listener", "sub", "event", "pubsub", "node"):
-            obj = getattr(self, attr, None)
-            if obj is not None and hasattr(obj, "delete"):
-                obj.delete()
-            setattr(self, attr, None)
+        _delete_ports(self, ("listener", "sub", "event", "pubsub", "node"))
 
 
 def make_reader(spec, queue):

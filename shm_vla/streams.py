@@ -25,7 +25,7 @@ DP_DIMS = 6
 
 # Why a tick withheld its command (results.held; 0 = command sent).
 HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", "no_sensor", "no_robot",
-                "nonfinite_output", "nonfinite_input", "read_error", "not_started")
+                "nonfinite_output", "nonfinite_input", "read_error")
 
 
 def view_stream(i: int) -> str:

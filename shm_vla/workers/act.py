@@ -31,14 +31,12 @@ from .rolling import RollingGauges
 class Inputs:
     """The three input rings and the per-tick metadata buffers."""
 
-    def __init__(self, streams: Streams, vl_dim: int, sensor_window: int, robot_window: int,
-                 vl_ring, sensor_ring, robot_ring):
+    def __init__(self, sensor_window: int, robot_window: int, vl_ring, sensor_ring, robot_ring):
         self.vl_ring, self.sensor_ring, self.robot_ring = vl_ring, sensor_ring, robot_ring
         self.vl_rec = np.zeros(1, vl_ring.dtype)
         self.vl_meta = np.zeros(1, META_DTYPE)
         self.sensor_meta = np.zeros(sensor_window, META_DTYPE)
         self.robot_meta = np.zeros(robot_window, META_DTYPE)
-        self.robot_raw = np.zeros((1, 12), np.float32)
         self.sensor_window, self.robot_window = sensor_window, robot_window
 
     def read(self, runner) -> tuple[bool, int, int]:
@@ -249,7 +247,7 @@ def run(rt: Runtime) -> int:
         return 0
     for ring, stream in zip(rings, ("vl_feature", "sensor", "robot")):
         rt.watch_reads(ring, stream)
-    inputs = Inputs(streams, info.vl_dim, cfg.sensor.window, info.robot_window, *rings)
+    inputs = Inputs(cfg.sensor.window, info.robot_window, *rings)
     commander = Commander(rt)
     worker = ActWorker(rt, runner, inputs, results, commander)
     rt.raise_priority(cfg.act.rt_priority, cfg.act.nice)

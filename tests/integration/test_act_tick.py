@@ -33,8 +33,7 @@ def rig(tmp_path, instance):
     sink = zmq.Context.instance().socket(zmq.PULL)
     sink.bind(f"tcp://127.0.0.1:{port}")
     runner = make_runner(cfg, loaded)
-    inputs = Inputs(streams, loaded.info.vl_dim, cfg.sensor.window, loaded.info.robot_window,
-                    rings["vl"], rings["sensor"], rings["robot"])
+    inputs = Inputs(cfg.sensor.window, loaded.info.robot_window, rings["vl"], rings["sensor"], rings["robot"])
     worker = ActWorker(rt, runner, inputs, results, Commander(rt))
     time.sleep(0.3)                                   # let the PUSH connect (IMMEDIATE drops otherwise)
     yield worker, rings, results, sink, cfg

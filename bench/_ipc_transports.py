@@ -286,21 +286,15 @@ class Iceoryx2Reader(_Iox):
         d = self._durations.get(timeout_s)
         if d is None:
             d = self._durations[timeout_s] = self.iox2.Duration.from_secs_f64(timeout_s)
-        n = 0
-        for _ in range(64):   # drain what is there before sleeping
-            sample = self.sub.receive()
-            if sample is None:
-                break
-            t = time.monotonic_ns()
-            ptr = sample.payload_ptr
-            sent, num = ctypes.c_int64.from_address(ptr).value, ctypes.c_int64.from_address(ptr + 8).value
-            sample.delete()
-            sink(sent, num, t)
-            n += 1
+        n = self._drain(sink)         # what is there already, before sleeping
         if n:
             return n
         self.listener.timed_wait(d)   # event-driven: blocks until notified or timeout
-        for _ in range(64):
+        return self._drain(sink)
+
+    def _drain(self, sink, limit: int = 64) -> int:
+        n = 0
+        for _ in range(limit):
             sample = self.sub.receive()
             if sample is None:
                 break

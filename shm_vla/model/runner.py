@@ -17,8 +17,10 @@ Modes:
   from pinned memory, timings from CUDA events.
 * CUDA graph (default on CUDA): host-to-device copies, both encoders, the sampler and the
   device-to-host copy are captured in one CUDA graph over static buffers; a tick is one
-  ``replay()`` plus one stream synchronisation. If capturing the copies is refused by the
-  driver/torch build, the copies are issued around the replay instead (``graph_copies`` tells).
+  ``replay()`` plus one stream synchronisation. If the torch build refuses to capture a copy,
+  that copy is issued around the replay instead: first the device-to-host copy (the one older
+  builds refuse), then both (``graph_copies`` says which stayed inside: "h2d+d2h", "h2d" or
+  "none"; None without a graph).
 """
 from __future__ import annotations
 
@@ -150,7 +152,8 @@ class TickRunner:
 
         # ---- CUDA: stream, events, graph
         self.graph = None
-        self.graph_copies = False
+        self.graph_copies: str | None = None
+        self._h2d_in_graph = self._d2h_in_graph = False
         if self.is_cuda:
             self._stream = torch.cuda.Stream(device=self.device, priority=stream_priority)
             self._events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
@@ -185,32 +188,39 @@ class TickRunner:
         if self._delta_h is not None:
             self._delta_h.copy_(self._delta_d, non_blocking=True)
 
-    def _body(self, copies: bool) -> None:
-        if copies:
+    def _body(self, h2d: bool, d2h: bool) -> None:
+        if h2d:
             self._h2d()
         sf, rf = self._encode()
         self._predict(sf, rf)
-        if copies:
+        if d2h:
             self._d2h()
 
+    # Which copies go inside the graph, in order of preference: capturing a copy saves its
+    # launch, but some torch builds refuse a device-to-host copy (or any copy) in capture.
+    _COPY_PLANS = ((True, True), (True, False), (False, False))
+
     def _capture(self, warmup: int) -> None:
-        """Warm up on the runner's stream, then capture the tick (copies included if allowed)."""
-        for copies in (True, False):
+        """Warm up on the runner's stream, then capture the tick with as many copies as allowed."""
+        with torch.inference_mode(), torch.cuda.stream(self._stream):
+            for _ in range(max(1, warmup)):
+                self._body(True, True)
+            self._stream.synchronize()
+        for h2d, d2h in self._COPY_PLANS:
             try:
                 with torch.inference_mode(), torch.cuda.stream(self._stream):
-                    for _ in range(max(1, warmup)):
-                        self._body(True)
-                    self._stream.synchronize()
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, stream=self._stream):
-                        self._body(copies)
+                        self._body(h2d, d2h)
                     self._stream.synchronize()
-                self.graph, self.graph_copies = graph, copies
-                return
             except RuntimeError:
                 torch.cuda.synchronize(self.device)
-                if not copies:
-                    raise
+                if h2d or d2h:
+                    continue
+                raise
+            self.graph, self._h2d_in_graph, self._d2h_in_graph = graph, h2d, d2h
+            self.graph_copies = "+".join(n for n, inside in (("h2d", h2d), ("d2h", d2h)) if inside) or "none"
+            return
 
     # ------------------------------------------------------------------ the tick
     def _draw_noise(self, noise_seed: int | None, x0) -> None:
@@ -247,12 +257,12 @@ class TickRunner:
         ev = self._events
         with torch.inference_mode(), torch.cuda.stream(self._stream):
             if self.graph is not None:
-                if not self.graph_copies:
+                if not self._h2d_in_graph:
                     self._h2d()
                 ev[0].record(self._stream)
                 self.graph.replay()
                 ev[3].record(self._stream)
-                if not self.graph_copies:
+                if not self._d2h_in_graph:
                     self._d2h()
                 self._stream.synchronize()
                 total = _ms(time.perf_counter_ns() - t0)

@@ -58,15 +58,17 @@ def machine() -> dict:
     return info
 
 
-def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
-    path = make_checkpoint(workdir / f"{preset}-{model_type}.pt", preset, model_type, seed=0)
+def bench_preset(preset: str, model_type: str, stream_priority: int, args, workdir: Path) -> dict:
+    path = workdir / f"{preset}-{model_type}.pt"
+    if not path.exists():                           # made once, shared by the stream priorities
+        make_checkpoint(path, preset, model_type, seed=0)
     lm = load_checkpoint(path)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     if args.dtype:
         dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     ours = TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
-                      horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=args.stream_priority,
+                      horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=stream_priority,
                       compile=args.compile)
     if not args.device.startswith("cuda"):
         ours.run()                                  # CPU: compile (if asked) before the timed loop
@@ -101,11 +103,18 @@ def bench_preset(preset: str, model_type: str, args, workdir: Path) -> dict:
     return {
         "preset": preset, "model_type": lm.info.model_type, "parameters": lm.info.parameter_count,
         "device": args.device, "ours_dtype": str(dtype).replace("torch.", ""), "cuda_graph": ours.graph is not None,
-        "graph_copies": ours.graph_copies, "stream_priority": args.stream_priority, "compiled": args.compile, "flow_steps": args.steps, "solver": args.solver,
+        "graph_copies": ours.graph_copies, "stream_priority": stream_priority, "compiled": args.compile, "flow_steps": args.steps, "solver": args.solver,
         "ours": o, "seed_style": s, "ratio_p50": s["p50_ms"] / o["p50_ms"], "ratio_p99": s["p99_ms"] / o["p99_ms"],
         "ours_split_p50_ms": {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])},
         "ours_setup_s": setup_s,
     }
+
+
+def _env_pairs(items: list[str]) -> dict:
+    pairs = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(pairs) != len(items):
+        raise SystemExit(f"--vl-load-env takes KEY=VALUE, got {items}")
+    return pairs
 
 
 def main(argv=None) -> int:
@@ -121,35 +130,41 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="per preset, bound on the measuring loop")
     ap.add_argument("--no-graph", action="store_true", help="CUDA: eager instead of one CUDA graph")
-    ap.add_argument("--stream-priority", type=int, default=0,
-                    help="CUDA: priority of the runner's stream (lower = higher priority, e.g. -1)")
+    ap.add_argument("--stream-priority", default="0",
+                    help="CUDA: priority of the runner's stream (lower = higher priority, e.g. -1); a comma "
+                         "list measures each in turn (e.g. 0,-1: next to the same --vl-load)")
     ap.add_argument("--compile", action="store_true", help="TickRunner(compile=True): torch.compile velocity/encoders")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vl-load", action="store_true", help="run bench/vl.py on the same device meanwhile")
-    ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "random-qwen-3b"),
+    ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "tiny-qwen", "random-qwen-3b"),
                     help="what the --vl-load process encodes with")
+    ap.add_argument("--vl-load-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the --vl-load process only (e.g. CUDA_MPS_CLIENT_PRIORITY=1); repeatable")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    priorities = [int(p) for p in str(args.stream_priority).split(",") if p.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
     child = None
     if args.vl_load:
         child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("vl.py")), "--device", args.device,
                                   "--backbone", args.vl_load_backbone, "--load-seconds", str(args.max_seconds * 4)],
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, text=True, env={**os.environ, **_env_pairs(args.vl_load_env)})
         line = child.stdout.readline()            # the child prints one line once it encodes in a loop
         if "ready" not in line:
             raise SystemExit(f"the VL load did not start: {line!r}")
     try:
         with tempfile.TemporaryDirectory() as d:
-            results = [bench_preset(p.strip(), args.model_type, args, Path(d)) for p in args.presets.split(",") if p]
+            results = [bench_preset(p.strip(), args.model_type, prio, args, Path(d))
+                       for p in args.presets.split(",") if p for prio in priorities]
     finally:
         if child is not None:
             child.terminate()
             child.wait(timeout=30)
     report = {"benchmark": "action_head", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "shm-vla bench action-head " + " ".join(sys.argv[1:] if argv is None else argv),
-              "machine": machine(), "vl_load": args.vl_load and args.vl_load_backbone, "results": results}
+              "machine": machine(), "vl_load": args.vl_load and args.vl_load_backbone,
+              "vl_load_env": _env_pairs(args.vl_load_env), "results": results}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -159,7 +174,7 @@ def main(argv=None) -> int:
             print(f"{r['preset']:<10} {r['model_type']:<14} {r['device']:<6} ours p50 {o['p50_ms']:8.2f} p99 "
                   f"{o['p99_ms']:8.2f} max {o['max_ms']:8.2f} | seed-style p50 {s['p50_ms']:8.2f} p99 "
                   f"{s['p99_ms']:8.2f} max {s['max_ms']:8.2f} | ratio p50 {r['ratio_p50']:.2f}x  "
-                  f"(graph {r['cuda_graph']}, n {o['n']})")
+                  f"(graph {r['cuda_graph']}, prio {r['stream_priority']}, n {o['n']})")
     return 0
 
 

@@ -147,3 +147,20 @@ def test_errors(qwen_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(RuntimeError, match="optional 'transformers'"):
         QwenBackbone(str(qwen_dir), 64, prompt=PROMPT)
+
+
+def test_bf16_keeps_rotary_tables_float32(qwen_dir):
+    """As from_pretrained(dtype=bf16) does (the CUDA default): weights in bf16, the rope inv_freq
+    buffers left in float32 (a plain Module.to(bf16) would round them and shift the rope angles)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_dir, local_files_only=True,
+                                                             dtype=torch.bfloat16).model
+    bb = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT, dtype=torch.bfloat16)
+    assert {p.dtype for p in bb.model.parameters()} == {torch.bfloat16}
+    ref_buffers = dict(ref.named_buffers())
+    buffers = dict(bb.model.named_buffers())
+    assert any(name.endswith("inv_freq") for name in buffers)
+    for name, buf in buffers.items():
+        assert buf.dtype == ref_buffers[name].dtype, name
+        torch.testing.assert_close(buf, ref_buffers[name], rtol=0, atol=0)
+    assert np.isfinite(bb.encode(_smooth_views(5))).all()

@@ -100,6 +100,20 @@ def _vl_key_candidates(key: str) -> list[str]:
     return out
 
 
+def _to_keeping_fp32_buffers(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    """``module.to(device, dtype)``, except that float32 buffers stay float32 (moved only).
+
+    Those are the rotary ``inv_freq`` tables, which ``from_pretrained(dtype=torch.bfloat16)`` keeps
+    in float32; ``Module.to(bfloat16)`` would round them to bf16 and shift the rope angles by up to
+    about ``position * 2**-9`` rad (~0.2 rad at the deployed sequence length)."""
+    keep = {name: buf for name, buf in module.named_buffers() if buf.dtype == torch.float32}
+    module.to(device, dtype)
+    for name, buf in keep.items():
+        owner, _, attr = name.rpartition(".")
+        module.get_submodule(owner)._buffers[attr] = buf.to(device)
+    return module
+
+
 class QwenBackbone(Backbone):
     name = "qwen2.5-vl"
 
@@ -144,7 +158,7 @@ class QwenBackbone(Backbone):
         else:       # older layout (visual beside a text-only .model): the whole model, LM head made a no-op
             full.lm_head = torch.nn.Identity()
             base, self._hidden_from = full, "logits"
-        self.model = base.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.model = _to_keeping_fp32_buffers(base, self.device, self.dtype).eval().requires_grad_(False)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         del full
         if compile_mode:    # fixed shapes: torch.compile of the forward ("default", "reduce-overhead" = CUDA graphs)

@@ -164,3 +164,16 @@ def test_bf16_keeps_rotary_tables_float32(qwen_dir):
         assert buf.dtype == ref_buffers[name].dtype, name
         torch.testing.assert_close(buf, ref_buffers[name], rtol=0, atol=0)
     assert np.isfinite(bb.encode(_smooth_views(5))).all()
+
+
+def test_compile_leaves_a_shared_module_as_it_is(monkeypatch):
+    """bench vl builds one backbone per mode over one in-memory model: compile_mode must wrap, not
+    replace the module's forward (later modes and the reference path would run compiled code)."""
+    from shm_vla.model.backbones.qwen_tiny import CHAT_TEMPLATE, PREPROCESSOR, random_qwen
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    full, tok = random_qwen("tiny", prompt=PROMPT, device="cpu")
+    QwenBackbone.from_parts(full, tok, CHAT_TEMPLATE, 64, prompt=PROMPT, preprocessor=PREPROCESSOR,
+                            compile_mode="reduce-overhead")
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]
+    assert "forward" not in vars(full.model)

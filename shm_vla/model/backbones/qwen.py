@@ -161,8 +161,10 @@ class QwenBackbone(Backbone):
         self.model = _to_keeping_fp32_buffers(base, self.device, self.dtype).eval().requires_grad_(False)
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         del full
-        if compile_mode:    # fixed shapes: torch.compile of the forward ("default", "reduce-overhead" = CUDA graphs)
-            self.model.forward = torch.compile(self.model.forward, mode=compile_mode, dynamic=False)
+        self._run = self.model
+        if compile_mode:    # fixed shapes: torch.compile of the forward ("default", "reduce-overhead" = CUDA graphs);
+            # a wrapper, the module is left as it is (from_parts may share it with other backbones)
+            self._run = torch.compile(self.model, mode=compile_mode, dynamic=False)
         vc = self.config.vision_config
         self.patch = int(pre.get("patch_size", getattr(vc, "patch_size", 14)))
         self.merge = int(pre.get("merge_size", getattr(vc, "spatial_merge_size", 2)))
@@ -279,7 +281,7 @@ class QwenBackbone(Backbone):
             kwargs["position_ids"] = st["pos"].expand(-1, n, -1)
         if "mm_token_type_ids" in self._forward_params:
             kwargs["mm_token_type_ids"] = st["mm"].expand(n, -1)
-        out = self.model(**kwargs)
+        out = self._run(**kwargs)
         return getattr(out, self._hidden_from).float().mean(dim=1)
 
     def features_per_view(self, views: np.ndarray) -> torch.Tensor:

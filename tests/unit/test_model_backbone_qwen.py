@@ -177,3 +177,6 @@ def test_compile_leaves_a_shared_module_as_it_is(monkeypatch):
                             compile_mode="reduce-overhead")
     assert calls == [{"mode": "reduce-overhead", "dynamic": False}]
     assert "forward" not in vars(full.model)
+    from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone    # bench vl's batched-compiled modes
+    random_qwen_backbone("tiny", prompt=PROMPT, device="cpu", model=(full, tok), compile_mode="default")
+    assert calls[-1] == {"mode": "default", "dynamic": False}

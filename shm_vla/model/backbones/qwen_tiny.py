@@ -117,9 +117,10 @@ def random_qwen(size: str = "3b", *, prompt: str, device: str = "cuda", dtype=No
 
 
 def random_qwen_backbone(size: str = "3b", *, prompt: str, device: str = "cuda", dtype=None, mode: str = "batched",
-                         tokenizer: str = "word", seed: int = 0, model=None):
+                         tokenizer: str = "word", seed: int = 0, model=None, compile_mode: str | None = None):
     """A QwenBackbone over a random model of ``size`` built on ``device`` (or over ``model=(full, tok)``)."""
     from .qwen import QwenBackbone
     full, tok = model or random_qwen(size, prompt=prompt, device=device, dtype=dtype, tokenizer=tokenizer, seed=seed)
     return QwenBackbone.from_parts(full, tok, CHAT_TEMPLATE, SIZES[size]["hidden"], prompt=prompt, device=device,
-                                   dtype=next(full.parameters()).dtype, mode=mode, preprocessor=PREPROCESSOR)
+                                   dtype=next(full.parameters()).dtype, mode=mode, preprocessor=PREPROCESSOR,
+                                   compile_mode=compile_mode)

@@ -103,6 +103,7 @@ class ModelConfig:
     act_dtype: str = "float32"         # "bfloat16" on GPU
     cuda_graph: bool = True            # capture the tick when on CUDA
     act_stream_priority: int = -1      # CUDA: priority of the tick's stream (lower is higher; 0 normal)
+    act_compile: bool = False          # torch.compile the heads before capture (slower start-up)
     act_threads: int = 1               # torch CPU threads of the action process (2 cores: no oversubscription)
     vl_threads: int = 1                # torch CPU threads of the VL process
     seed: int = 0

@@ -227,7 +227,8 @@ def make_runner(cfg, loaded):
     dtype = getattr(torch, cfg.model.act_dtype)
     return TickRunner(loaded, device=cfg.model.act_device, dtype=dtype, flow_steps=cfg.model.flow_steps,
                       solver=cfg.model.flow_solver, horizon=cfg.model.flow_horizon,
-                      use_cuda_graph=cfg.model.cuda_graph, stream_priority=cfg.model.act_stream_priority)
+                      use_cuda_graph=cfg.model.cuda_graph, stream_priority=cfg.model.act_stream_priority,
+                      compile=cfg.model.act_compile)
 
 
 def run(rt: Runtime) -> int:

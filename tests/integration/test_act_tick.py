@@ -131,3 +131,11 @@ def test_gate_order_and_nan_ages():
     assert gate.check_inputs(True, 65, 0, fresh) == "no_robot"
     assert gate.check_inputs(True, 65, 100, dict(fresh, robot=201.0)) == "stale_robot"
     assert gate.check_inputs(True, 65, 100, dict(fresh, vl=float("nan"))) == "stale_vl"
+
+
+def test_make_runner_follows_the_model_config(tmp_path, instance):
+    cfg = config.load(instance, None, ["model.flow_steps=3", "model.flow_solver=\"rk4\"", "model.act_compile=true",
+                                       "model.act_stream_priority=0"])
+    loaded = load_checkpoint(make_checkpoint(tmp_path / "flow.pt", "tiny", "flow"), cfg.model)
+    runner = make_runner(cfg, loaded)
+    assert (runner.flow_steps, runner.solver, runner.compiled, runner.horizon) == (3, "rk4", True, 8)

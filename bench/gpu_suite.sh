@@ -4,8 +4,9 @@
 # minutes, so the suite comes in parts ordered by what the issue's targets need first:
 #
 #   bash bench/gpu_suite.sh core    # ~6 min: GPU tests; seed-size tick (one CUDA graph, plain and
-#                                   # torch.compile'd) vs the seed-style tick; VL at Qwen2.5-VL-3B size (batched /
-#                                   # sequential / streams / the seed's reference path); the tick
+#                                   # torch.compile'd) vs the seed-style tick; VL at Qwen2.5-VL-3B size (batched,
+#                                   # batched with transformers' window attention, sequential, streams, the
+#                                   # seed's reference path); the tick
 #                                   # while that VL model encodes in another process (normal and
 #                                   # high-priority stream), then the same under CUDA MPS, with the
 #                                   # VL process at normal and at below-normal MPS client priority
@@ -113,7 +114,7 @@ if [ "$PART" = core ] || [ "$PART" = smoke ]; then
   step 120 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   [ "$PART" = core ] && step 120 ah_graph_compiled $AH --presets $PRESET --iters $N --max-seconds $SECS --compile
-  step 150 vl_big $VL --backbone $BIG --modes batched,streams,sequential,reference --iters $NV --max-seconds $SECS
+  step 150 vl_big $VL --backbone $BIG --modes batched,batched-windows,streams,sequential,reference --iters $NV --max-seconds $SECS
   step 90 ah_vl_load $AH $LOAD --stream-priority 0,-1
   if [ "$PART" = core ]; then
     mps_start

@@ -2,10 +2,12 @@
 """VL encoding benchmark: one 5-view encode per iteration, per backbone mode.
 
   shm-vla bench vl [--backbone compact|qwen2.5-vl|tiny-qwen] [--backbone-dir DIR] [--vl-dim N]
-                   [--modes batched,sequential,streams,reference] [--device cpu|cuda] [--iters N] [--json]
+                   [--modes batched,batched-windows,sequential,streams,reference] [--device cpu|cuda] [--iters N] [--json]
 
 * compact: the built-in backbone (the CPU default), one batched forward.
-* qwen2.5-vl: the fast path in each requested mode (batched / sequential / streams) and, with
+* qwen2.5-vl: the fast path in each requested mode (batched / sequential / streams; batched-windows:
+  batched with transformers' per-window vision attention; batched-masked: with one masked call
+  per vision block (the CUDA default); batched-compiled[-graphs]) and, with
   ``reference`` in --modes, the seed's path: PIL preprocessing through the HF image processor,
   chat template + token expansion per call, full model forward with all hidden states.
   ``tiny-qwen`` builds a tiny random Qwen2.5-VL locally (exercises the code on a CPU; its
@@ -109,10 +111,17 @@ def run_mode(encoder, views, iters: int, warmup: int, max_seconds: float) -> dic
     return _stats(ms)
 
 
-def measure_mode(mode, args, cfg, vl_dim, views, random_parts, compile_modes) -> dict:
+# --modes names beyond the backbone's own modes, as QwenBackbone keyword arguments
+VARIANTS = {"batched-windows": {"mode": "batched", "vision_attention": "windows"},   # transformers' attention
+            "batched-masked": {"mode": "batched", "vision_attention": "batched"},    # one masked call per block
+            "batched-compiled": {"mode": "batched", "compile_mode": "default"},
+            "batched-compiled-graphs": {"mode": "batched", "compile_mode": "reduce-overhead"}}
+
+
+def measure_mode(mode, args, cfg, vl_dim, views, random_parts) -> dict:
     """Build the encoder for one mode and time it."""
     prompt = format_prompt(cfg.task)
-    kw = {"mode": "batched", "compile_mode": compile_modes[mode]} if mode in compile_modes else {"mode": mode}
+    kw = VARIANTS.get(mode, {"mode": mode})
     t0 = time.perf_counter()
     if mode == "reference":
         enc = ReferencePath(args.backbone_dir, args.device, prompt, parts=random_parts)
@@ -135,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone-dir", default="")
     ap.add_argument("--vl-dim", type=int, default=0, help="default: 2048 (compact), the model's hidden size (qwen)")
     ap.add_argument("--modes", default="batched,sequential,streams",
-                    help="qwen: batched, sequential, streams, reference, batched-compiled, batched-compiled-graphs")
+                    help="qwen: batched, sequential, streams, reference, " + ", ".join(VARIANTS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
@@ -165,7 +174,6 @@ def main(argv=None) -> int:
             args.vl_dim = cfg_json.get("text_config", cfg_json).get("hidden_size") or cfg_json["hidden_size"]
     vl_dim = args.vl_dim or 2048
     modes = ["batched"] if args.backbone == "compact" else [m for m in args.modes.split(",") if m]
-    compile_modes = {"batched-compiled": "default", "batched-compiled-graphs": "reduce-overhead"}
     if args.load_seconds:
         if random_parts is not None:
             from shm_vla.model.backbones.qwen_tiny import random_qwen_backbone
@@ -181,7 +189,7 @@ def main(argv=None) -> int:
     results = []
     for mode in modes:
         try:
-            results.append(measure_mode(mode, args, cfg, vl_dim, views, random_parts, compile_modes))
+            results.append(measure_mode(mode, args, cfg, vl_dim, views, random_parts))
         except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' figures
             results.append({"backbone": args.backbone, "mode": mode, "device": args.device,
                             "error": f"{type(exc).__name__}: {str(exc)[:300]}"})

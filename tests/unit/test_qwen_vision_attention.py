@@ -61,3 +61,11 @@ def test_flash_configuration_is_left_alone():
     assert qwen_vision.install(tower) is None
     assert all("forward" not in vars(m) for m in tower.modules())
     assert qwen_vision.install(torch.nn.Linear(2, 2)) is None
+
+
+def test_a_second_install_shares_the_first():
+    tower = _tower()
+    first = qwen_vision.install(tower)
+    forwards = [m.forward for m in tower.modules() if "forward" in vars(m)]
+    assert qwen_vision.install(tower) is first
+    assert [m.forward for m in tower.modules() if "forward" in vars(m)] == forwards

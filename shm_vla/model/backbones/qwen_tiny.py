@@ -117,10 +117,11 @@ def random_qwen(size: str = "3b", *, prompt: str, device: str = "cuda", dtype=No
 
 
 def random_qwen_backbone(size: str = "3b", *, prompt: str, device: str = "cuda", dtype=None, mode: str = "batched",
-                         tokenizer: str = "word", seed: int = 0, model=None, compile_mode: str | None = None):
-    """A QwenBackbone over a random model of ``size`` built on ``device`` (or over ``model=(full, tok)``)."""
+                         tokenizer: str = "word", seed: int = 0, model=None, **backbone_kwargs):
+    """A QwenBackbone over a random model of ``size`` built on ``device`` (or over ``model=(full, tok)``);
+    ``backbone_kwargs`` go to :class:`QwenBackbone` (``compile_mode``, ``vision_attention`` ...)."""
     from .qwen import QwenBackbone
     full, tok = model or random_qwen(size, prompt=prompt, device=device, dtype=dtype, tokenizer=tokenizer, seed=seed)
     return QwenBackbone.from_parts(full, tok, CHAT_TEMPLATE, SIZES[size]["hidden"], prompt=prompt, device=device,
                                    dtype=next(full.parameters()).dtype, mode=mode, preprocessor=PREPROCESSOR,
-                                   compile_mode=compile_mode)
+                                   **backbone_kwargs)

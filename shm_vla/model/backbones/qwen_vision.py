@@ -72,7 +72,11 @@ def install(model: torch.nn.Module) -> ViewCount | None:
         impl = getattr(getattr(m, "config", None), "_attn_implementation", None) or "sdpa"
         if "flash" in impl or rotary is None or not all(hasattr(m, a) for a in ("qkv", "proj", "num_heads", "scaling")):
             return None
+    installed = getattr(modules[0], "_shm_vla_view_count", None)
+    if installed is not None:           # a second backbone over the same model: share the patch
+        return installed
     count = ViewCount()
     for m in modules:      # an instance attribute: nn.Module.__call__ finds it before the class's forward
         m.forward = _batched_forward(m, m.forward, count, rotary)
+        m._shm_vla_view_count = count
     return count

@@ -6,8 +6,7 @@
 
 * compact: the built-in backbone (the CPU default), one batched forward.
 * qwen2.5-vl: the fast path in each requested mode (batched / sequential / streams; batched-windows:
-  batched with transformers' per-window vision attention; batched-masked: with one masked call
-  per vision block (the CUDA default); batched-compiled[-graphs]) and, with
+  batched with transformers' per-window vision attention; batched-compiled[-graphs]) and, with
   ``reference`` in --modes, the seed's path: PIL preprocessing through the HF image processor,
   chat template + token expansion per call, full model forward with all hidden states.
   ``tiny-qwen`` builds a tiny random Qwen2.5-VL locally (exercises the code on a CPU; its
@@ -113,7 +112,6 @@ def run_mode(encoder, views, iters: int, warmup: int, max_seconds: float) -> dic
 
 # --modes names beyond the backbone's own modes, as QwenBackbone keyword arguments
 VARIANTS = {"batched-windows": {"mode": "batched", "vision_attention": "windows"},   # transformers' attention
-            "batched-masked": {"mode": "batched", "vision_attention": "batched"},    # one masked call per block
             "batched-compiled": {"mode": "batched", "compile_mode": "default"},
             "batched-compiled-graphs": {"mode": "batched", "compile_mode": "reduce-overhead"}}
 

@@ -115,14 +115,14 @@ def test_modes_agree(qwen_dir, mode):
 
 
 @pytest.mark.parametrize("mode", ["batched", "sequential"])
-def test_batched_vision_attention_equals_transformers_windows(qwen_dir, mode):
+def test_grouped_vision_attention_equals_transformers_windows(qwen_dir, mode):
     views = _smooth_views(5)
-    fast = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT, mode=mode, vision_attention="batched")
-    hf = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT, mode=mode)        # auto: windows on a CPU
+    fast = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT, mode=mode)
+    hf = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT, mode=mode, vision_attention="windows")
     assert fast._vision is not None and hf._vision is None
     np.testing.assert_allclose(fast.encode(views), hf.encode(views), atol=1e-6, rtol=0)
-    assert fast._vision._mask is not None                 # the windowed blocks ran the batched call
-    assert fast._vision.views == 0                        # and only during the backbone's own forward
+    assert len(fast._vision._layouts) == 2                # windowed and full blocks ran grouped
+    assert fast._vision.key is None                       # and only during the backbone's own forward
 
 
 def test_make_backbone_and_vl_override(qwen_dir):

@@ -1,4 +1,4 @@
-"""The batched vision attention of the qwen fast path equals transformers' per-window attention."""
+"""The grouped vision attention of the qwen fast path equals transformers' per-window attention."""
 from __future__ import annotations
 
 import pytest
@@ -30,29 +30,41 @@ def _run(tower, views, gh=24, gw=44):
         return tower(px, grid_thw=grid).pooler_output
 
 
-@pytest.mark.parametrize("views,gh,gw", [(5, 24, 44), (1, 24, 44), (2, 16, 20)])
-def test_equals_per_window_attention(views, gh, gw):
+def _groups(shape):
+    """{(windows, length) of each group} per layout seen"""
+    return {tuple((g.windows, g.length) for g in lay.groups) for lay in shape._layouts.values()}
+
+
+@pytest.mark.parametrize("views,gh,gw,windowed", [
+    (5, 24, 44, [(75, 64), (15, 32)]),       # deployed: per view 15 windows of 64 patches, 3 of 32
+    (1, 24, 44, [(15, 64), (3, 32)]),
+    (2, 16, 20, [(8, 64), (4, 32)]),         # 8x10 merged units: 2x3 windows, the last column half
+    (1, 16, 32, [(8, 64)])])                 # windows all equal: a reshape, no gather
+def test_equals_per_window_attention(views, gh, gw, windowed):
     tower = _tower()
     ref = _run(tower, views, gh, gw)
-    count = qwen_vision.install(tower)
-    assert count is not None
-    count.views, count.patches = views, gh * gw
-    fast = _run(tower, views, gh, gw)
-    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=0)
-    assert count._mask.shape == (views, 1, gh * gw, gh * gw)     # the windowed blocks used one masked call
+    shape = qwen_vision.install(tower)
+    shape.key = (views, gh, gw)
+    torch.testing.assert_close(_run(tower, views, gh, gw), ref, atol=2e-6, rtol=0)
+    assert _groups(shape) == {((views, gh * gw),), tuple(windowed)}      # the full-attention and windowed blocks
 
 
-def test_unknown_view_count_falls_back_to_the_original():
+def test_without_a_key_the_original_runs():
     tower = _tower()
     ref = _run(tower, 2)
-    count = qwen_vision.install(tower)
-    count.views, count.patches = 0, 0     # not set by a backbone: the original forward runs
+    shape = qwen_vision.install(tower)
     torch.testing.assert_close(_run(tower, 2), ref, atol=0, rtol=0)
-    assert count._mask is None
-    count.views, count.patches = 3, 24 * 44   # declared for another sequence length: the original too
-    torch.testing.assert_close(_run(tower, 2), ref, atol=0, rtol=0)
-    assert count._mask is None
-    torch.testing.assert_close(_run(tower, 2), ref, atol=0, rtol=0)
+    assert shape._layouts == {}
+
+
+def test_layouts_are_kept_per_grid():
+    tower = _tower()
+    shape = qwen_vision.install(tower)
+    for views, gh, gw in ((1, 24, 44), (1, 44, 24), (1, 24, 44)):     # same token count, other windows
+        ref_tower = _tower()
+        shape.key = (views, gh, gw)
+        torch.testing.assert_close(_run(tower, views, gh, gw), _run(ref_tower, views, gh, gw), atol=2e-6, rtol=0)
+    assert len(shape._layouts) == 4                                   # 2 grids x (windowed, full)
 
 
 def test_flash_configuration_is_left_alone():

@@ -15,12 +15,10 @@ Fast path (this module):
   PIL): bicubic antialiased resize (PIL's filter), rounding to uint8 levels as PIL does,
   rescale, normalise, patchify into the processor's exact layout;
 * only the base model runs (no LM head, no hidden-state tuple);
-* ``vision_attention``: ``"batched"`` runs one masked attention call per vision block with the
-  views as batch rows, instead of transformers' one call per window and a host synchronisation
-  per block (:mod:`.qwen_vision`); ``"windows"`` keeps transformers' own. ``"auto"`` (default):
-  batched on CUDA, where the 2,540 small calls and 32 synchronisations of a 5-view forward cost
-  launches and stalls; windows on a CPU, where the mask's extra arithmetic (the attention spans
-  the whole view, about 16x the window's) costs more than the calls (tiny model: 106 vs 94 ms);
+* ``vision_attention``: ``"batched"`` (default) runs one attention call per window length in
+  each vision block (2 at the deployed size) instead of transformers' one call per window
+  (2,540 calls and 32 host synchronisations per 5-view forward; :mod:`.qwen_vision`);
+  ``"windows"`` keeps transformers' own;
 * optional ``compile_mode``: ``torch.compile`` of the fixed-shape forward (``"default"``, or
   ``"reduce-overhead"`` for CUDA graphs through compile); measured by bench/vl.py, off by default;
 * view scheduling ``mode``: ``batched`` (one forward of 5 sequences, default), ``sequential``
@@ -49,7 +47,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEPLOYED_PIXELS = 640 * 360
 MODES = ("batched", "sequential", "streams")
-VISION_ATTENTION = ("auto", "batched", "windows")
+VISION_ATTENTION = ("batched", "windows")
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = DEPLOYED_PIXELS,
@@ -128,7 +126,7 @@ class QwenBackbone(Backbone):
                  dtype: torch.dtype | None = None, vl_state_dict: dict | None = None, mode: str = "batched",
                  min_pixels: int = DEPLOYED_PIXELS, max_pixels: int = DEPLOYED_PIXELS,
                  image_size: tuple[int, int] = (360, 640), num_views: int = 5, compile_mode: str | None = None,
-                 vision_attention: str = "auto", _parts: tuple | None = None):
+                 vision_attention: str = "batched", _parts: tuple | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown VL mode {mode!r} (choose {', '.join(MODES)})")
         if vision_attention not in VISION_ATTENTION:
@@ -171,8 +169,6 @@ class QwenBackbone(Backbone):
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
         del full
         # None: transformers' per-window attention (asked for, flash attention, or an unknown layout)
-        if vision_attention == "auto":
-            vision_attention = "batched" if self.device.type == "cuda" else "windows"
         self._vision = qwen_vision.install(self.model) if vision_attention == "batched" else None
         self._run = self.model
         if compile_mode:    # fixed shapes: torch.compile of the forward ("default", "reduce-overhead" = CUDA graphs);
@@ -295,12 +291,12 @@ class QwenBackbone(Backbone):
         if "mm_token_type_ids" in self._forward_params:
             kwargs["mm_token_type_ids"] = st["mm"].expand(n, -1)
         if self._vision is not None:        # only for this call: the model may be shared (benchmarks)
-            self._vision.views, self._vision.patches = n, st["grid_hw"][0] * st["grid_hw"][1]
+            self._vision.key = (n, *st["grid_hw"])
         try:
             out = self._run(**kwargs)
         finally:
             if self._vision is not None:
-                self._vision.views = self._vision.patches = 0
+                self._vision.key = None
         return getattr(out, self._hidden_from).float().mean(dim=1)
 
     def features_per_view(self, views: np.ndarray) -> torch.Tensor:

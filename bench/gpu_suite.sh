@@ -114,7 +114,7 @@ if [ "$PART" = core ] || [ "$PART" = smoke ]; then
   step 120 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   [ "$PART" = core ] && step 120 ah_graph_compiled $AH --presets $PRESET --iters $N --max-seconds $SECS --compile
-  step 150 vl_big $VL --backbone $BIG --modes batched,batched-windows,streams,sequential,reference --iters $NV --max-seconds $SECS
+  step 150 vl_big $VL --backbone $BIG --modes batched,batched-windows,preprocess-streams,streams,sequential,reference --iters $NV --max-seconds $SECS
   step 90 ah_vl_load $AH $LOAD --stream-priority 0,-1
   if [ "$PART" = core ]; then
     mps_start

@@ -2,11 +2,13 @@
 """VL encoding benchmark: one 5-view encode per iteration, per backbone mode.
 
   shm-vla bench vl [--backbone compact|qwen2.5-vl|tiny-qwen] [--backbone-dir DIR] [--vl-dim N]
-                   [--modes batched,batched-windows,sequential,streams,reference] [--device cpu|cuda] [--iters N] [--json]
+                   [--modes batched,batched-windows,preprocess-streams,sequential,streams,reference]
+                   [--device cpu|cuda] [--iters N] [--json]
 
 * compact: the built-in backbone (the CPU default), one batched forward.
-* qwen2.5-vl: the fast path in each requested mode (batched / sequential / streams; batched-windows:
-  batched with transformers' per-window vision attention; batched-compiled[-graphs]) and, with
+* qwen2.5-vl: the fast path in each requested mode (batched / preprocess-streams / sequential /
+  streams; batched-windows: batched with transformers' per-window vision attention;
+  batched-compiled[-graphs]) and, with
   ``reference`` in --modes, the seed's path: PIL preprocessing through the HF image processor,
   chat template + token expansion per call, full model forward with all hidden states.
   ``tiny-qwen`` builds a tiny random Qwen2.5-VL locally (exercises the code on a CPU; its
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone-dir", default="")
     ap.add_argument("--vl-dim", type=int, default=0, help="default: 2048 (compact), the model's hidden size (qwen)")
     ap.add_argument("--modes", default="batched,sequential,streams",
-                    help="qwen: batched, sequential, streams, reference, " + ", ".join(VARIANTS))
+                    help="qwen: batched, preprocess-streams, sequential, streams, reference, " + ", ".join(VARIANTS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)

@@ -106,7 +106,7 @@ def test_fast_path_close_to_reference_deployed_size(qwen_dir):
     assert np.abs(feat - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
 
 
-@pytest.mark.parametrize("mode", ["sequential", "streams"])
+@pytest.mark.parametrize("mode", ["sequential", "streams", "preprocess-streams"])
 def test_modes_agree(qwen_dir, mode):
     views = _smooth_views(3)
     batched = QwenBackbone(str(qwen_dir), 64, prompt=PROMPT).encode(views)

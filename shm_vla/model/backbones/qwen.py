@@ -21,9 +21,11 @@ Fast path (this module):
   ``"windows"`` keeps transformers' own;
 * optional ``compile_mode``: ``torch.compile`` of the fixed-shape forward (``"default"``, or
   ``"reduce-overhead"`` for CUDA graphs through compile); measured by bench/vl.py, off by default;
-* view scheduling ``mode``: ``batched`` (one forward of 5 sequences, default), ``sequential``
-  (one view at a time) or ``streams`` (each view on its own CUDA stream for upload,
-  preprocessing and encoding; equals ``sequential`` on a CPU).
+* view scheduling ``mode``: ``batched`` (one forward of 5 sequences, default),
+  ``preprocess-streams`` (each view uploaded and preprocessed on its own CUDA stream, then one
+  batched forward; equals ``batched`` on a CPU), ``sequential`` (one view at a time) or
+  ``streams`` (each view on its own CUDA stream for upload, preprocessing and encoding; equals
+  ``sequential`` on a CPU).
 
 Loading is offline only: ``HF_HUB_OFFLINE=1`` and ``local_files_only=True``. ``vl_model.*``
 tensors from the checkpoint override the directory's weights.
@@ -46,7 +48,7 @@ from . import Backbone, qwen_vision
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEPLOYED_PIXELS = 640 * 360
-MODES = ("batched", "sequential", "streams")
+MODES = ("batched", "preprocess-streams", "sequential", "streams")
 VISION_ATTENTION = ("batched", "windows")
 
 
@@ -188,7 +190,7 @@ class QwenBackbone(Backbone):
         self._static = {}
         self._static_for(self.image_size)
         self._streams = ([torch.cuda.Stream(device=self.device) for _ in range(num_views)]
-                         if self.device.type == "cuda" and mode == "streams" else None)
+                         if self.device.type == "cuda" and mode.endswith("streams") else None)
 
     @classmethod
     def from_parts(cls, model, tokenizer, chat_template: str, vl_dim: int, *, prompt: str,
@@ -306,20 +308,29 @@ class QwenBackbone(Backbone):
         if self.device.type == "cuda":
             host = host.pin_memory()
         with torch.inference_mode():
-            if self.mode == "batched":
+            if self.mode == "batched" or (self.mode == "preprocess-streams" and self._streams is None):
                 return self._forward(self.preprocess(host), len(views), st)
             if self._streams is None:
                 return torch.cat([self._forward(self.preprocess(host[i:i + 1]), 1, st) for i in range(len(views))])
-            main = torch.cuda.current_stream(self.device)
-            outs = []
-            for i in range(len(views)):
-                s = self._streams[i % len(self._streams)]
-                s.wait_stream(main)
-                with torch.cuda.stream(s):
-                    outs.append(self._forward(self.preprocess(host[i:i + 1]), 1, st))
-            for s in self._streams:
-                main.wait_stream(s)
-            return torch.cat(outs)
+            if self.mode == "preprocess-streams":
+                pixels = torch.cat(self._per_view_on_streams(host, self.preprocess))
+                return self._forward(pixels, len(views), st)
+            return torch.cat(self._per_view_on_streams(host, lambda v: self._forward(self.preprocess(v), 1, st)))
+
+    def _per_view_on_streams(self, host: torch.Tensor, work) -> list:
+        """``work(view)`` for each view on its own stream; the current stream then waits for all.
+        The results were allocated on the side streams: their memory is only reused after the
+        next call's ``wait_stream`` orders that stream behind this one's consumers."""
+        main = torch.cuda.current_stream(self.device)
+        outs = []
+        for i in range(len(host)):
+            s = self._streams[i % len(self._streams)]
+            s.wait_stream(main)
+            with torch.cuda.stream(s):
+                outs.append(work(host[i:i + 1]))
+        for s in self._streams:
+            main.wait_stream(s)
+        return outs
 
     def encode(self, views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         feat = self.features_per_view(views).mean(dim=0).cpu().numpy()

@@ -3,15 +3,15 @@
 # 15 minutes of device time in all (the machine's start included) and one command may run 10
 # minutes, so the suite comes in parts ordered by what the issue's targets need first:
 #
-#   bash bench/gpu_suite.sh core    # ~6 min: GPU tests; seed-size tick (one CUDA graph, plain and
+#   bash bench/gpu_suite.sh core    # ~7 min: GPU tests; seed-size tick (one CUDA graph, plain and
 #                                   # torch.compile'd) vs the seed-style tick; VL at Qwen2.5-VL-3B size (batched,
-#                                   # batched with transformers' window attention, sequential, streams, the
-#                                   # seed's reference path); the tick
+#                                   # batched with transformers' window attention, per-view preprocessing
+#                                   # streams, streams, the seed's reference path); the tick
 #                                   # while that VL model encodes in another process (normal and
 #                                   # high-priority stream), then the same under CUDA MPS, with the
 #                                   # VL process at normal and at below-normal MPS client priority
 #   bash bench/gpu_suite.sh extra   # ~5 min: tiny preset, RK4, regression, eager tick; compact and
-#                                   # tiny-Qwen VL; MPS with the VL process
+#                                   # tiny-Qwen VL; 3B VL one view at a time; MPS with the VL process
 #                                   # limited to 70 % of the SMs
 #   bash bench/gpu_suite.sh compile # ~9 min: torch.compile of the 3B VL forward (plain, reduce-overhead)
 #   bash bench/gpu_suite.sh smoke   # the core steps on this CPU with tiny models: checks the script
@@ -20,7 +20,7 @@
 # Device call (the fixtures do not travel with the working tree; copy them once into an ignored
 # folder and carry it):
 #   mkdir -p .fixtures && cp ../shared/fixtures/*.pt .fixtures/ && echo /.fixtures/ >> .git/info/exclude
-#   run: command "timeout 450 bash bench/gpu_suite.sh core", carry [".fixtures"], timeout_s 480
+#   run: command "timeout 480 bash bench/gpu_suite.sh core", carry [".fixtures"], timeout_s 510
 # (about 9 minutes of device time with the start; a rerun of one part fits with SUITE_BUDGET_S=200)
 #
 # Results: $OUT/gpu_suite.jsonl (one JSON line per step: step, rc, seconds, and the benchmark's
@@ -40,9 +40,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OF
 [ -d .fixtures ] && export SHM_VLA_FIXTURES="$PWD/.fixtures"
 
 # What the steps run on. smoke: this CPU, tiny models, few iterations.
-DEV=cuda BIG=random-qwen-3b PRESET=seed-size N=500 NV=30 SECS=20 BUDGET=${SUITE_BUDGET_S:-420}
+DEV=cuda BIG=random-qwen-3b PRESET=seed-size N=500 NV=30 SECS=20 VSECS=12 BUDGET=${SUITE_BUDGET_S:-450}
 if [ "$PART" = smoke ]; then
-  DEV=cpu BIG=tiny-qwen PRESET=tiny N=20 NV=3 SECS=5 BUDGET=${SUITE_BUDGET_S:-240}
+  DEV=cpu BIG=tiny-qwen PRESET=tiny N=20 NV=3 SECS=5 VSECS=5 BUDGET=${SUITE_BUDGET_S:-240}
 fi
 START=$SECONDS
 
@@ -114,7 +114,7 @@ if [ "$PART" = core ] || [ "$PART" = smoke ]; then
   step 120 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   [ "$PART" = core ] && step 120 ah_graph_compiled $AH --presets $PRESET --iters $N --max-seconds $SECS --compile
-  step 150 vl_big $VL --backbone $BIG --modes batched,batched-windows,preprocess-streams,streams,sequential,reference --iters $NV --max-seconds $SECS
+  step 180 vl_big $VL --backbone $BIG --modes batched,batched-windows,preprocess-streams,streams,reference --iters $NV --max-seconds $VSECS
   step 90 ah_vl_load $AH $LOAD --stream-priority 0,-1
   if [ "$PART" = core ]; then
     mps_start
@@ -133,6 +133,7 @@ if [ "$PART" = extra ]; then
   step 50 ah_eager $AH --presets seed-size --iters 300 --no-graph --max-seconds 15
   step 40 vl_compact $VL --iters 50
   step 60 vl_tiny_qwen $VL --backbone tiny-qwen --modes batched,sequential,streams,reference --iters 20
+  step 120 vl_big_sequential $VL --backbone $BIG --modes sequential --iters 10 --max-seconds 10
   mps_start
   if [ "$MPS_ON" = 1 ]; then
     step 80 ah_vl_load_mps_vl_70pct $AH $LOAD --stream-priority -1 --vl-load-env CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=70

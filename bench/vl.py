@@ -118,8 +118,8 @@ VARIANTS = {"batched-windows": {"mode": "batched", "vision_attention": "windows"
             "batched-compiled-graphs": {"mode": "batched", "compile_mode": "reduce-overhead"}}
 
 
-def measure_mode(mode, args, cfg, vl_dim, views, random_parts) -> dict:
-    """Build the encoder for one mode and time it."""
+def build_mode(mode, args, cfg, vl_dim, views, random_parts):
+    """The encoder for one mode after its first call (compilation, lazy init), and that set-up's seconds."""
     prompt = format_prompt(cfg.task)
     kw = VARIANTS.get(mode, {"mode": mode})
     t0 = time.perf_counter()
@@ -132,10 +132,59 @@ def measure_mode(mode, args, cfg, vl_dim, views, random_parts) -> dict:
         enc = make_backbone(cfg, vl_dim, device=args.device)
     else:
         enc = make_backbone(cfg, vl_dim, device=args.device, **kw)
-    enc.encode(views)                                  # first call (compilation, lazy init)
-    first_s = time.perf_counter() - t0
+    enc.encode(views)
+    return enc, time.perf_counter() - t0
+
+
+def _info(mode, args, vl_dim, setup_s) -> dict:
     return {"backbone": args.backbone, "mode": mode, "vl_dim": vl_dim, "device": args.device,
-            "setup_and_first_call_s": first_s, **run_mode(enc, views, args.iters, args.warmup, args.max_seconds)}
+            "setup_and_first_call_s": setup_s}
+
+
+def _error(mode, args, exc) -> dict:
+    return {"backbone": args.backbone, "mode": mode, "device": args.device,
+            "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def measure_modes(modes, args, cfg, vl_dim, views, random_parts) -> list[dict]:
+    """Each mode built and timed in turn; a failing mode gives an error row, not a lost report."""
+    results = []
+    for mode in modes:
+        try:
+            enc, setup_s = build_mode(mode, args, cfg, vl_dim, views, random_parts)
+            results.append({**_info(mode, args, vl_dim, setup_s),
+                            **run_mode(enc, views, args.iters, args.warmup, args.max_seconds)})
+        except Exception as exc:  # noqa: BLE001
+            results.append(_error(mode, args, exc))
+    return results
+
+
+def measure_interleaved(modes, args, cfg, vl_dim, views, random_parts) -> list[dict]:
+    """All modes built first, then timed call by call in rotating order, so that machine noise
+    hits every mode alike (on a shared CPU the modes' differences are smaller than the drift)."""
+    built, rows = {}, {}
+    for mode in modes:
+        try:
+            built[mode] = build_mode(mode, args, cfg, vl_dim, views, random_parts)
+        except Exception as exc:  # noqa: BLE001
+            rows[mode] = _error(mode, args, exc)
+    names = list(built)
+    for _ in range(args.warmup):
+        for mode in names:
+            built[mode][0].encode(views)
+    ms = {mode: [] for mode in names}
+    deadline = time.monotonic() + args.max_seconds * max(1, len(names))
+    for i in range(args.iters):
+        k = i % max(1, len(names))
+        for mode in names[k:] + names[:k]:
+            t = time.perf_counter_ns()
+            built[mode][0].encode(views)
+            ms[mode].append((time.perf_counter_ns() - t) / 1e6)
+        if time.monotonic() > deadline and i >= 2:
+            break
+    for mode in names:
+        rows[mode] = {**_info(mode, args, vl_dim, built[mode][1]), "interleaved": True, **_stats(ms[mode])}
+    return [rows[mode] for mode in modes]
 
 
 def main(argv=None) -> int:
@@ -151,6 +200,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="per mode, bound on the measuring loop")
     ap.add_argument("--load-seconds", type=float, default=0.0)
+    ap.add_argument("--interleave", action="store_true",
+                    help="build every mode first, then time them call by call in turn (fair on a noisy machine; "
+                         "a qwen2.5-vl directory is loaded once per mode)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -186,13 +238,8 @@ def main(argv=None) -> int:
         while time.monotonic() < end:
             bb.encode(views)
         return 0
-    results = []
-    for mode in modes:
-        try:
-            results.append(measure_mode(mode, args, cfg, vl_dim, views, random_parts))
-        except Exception as exc:  # noqa: BLE001 - one failing mode must not lose the others' figures
-            results.append({"backbone": args.backbone, "mode": mode, "device": args.device,
-                            "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+    measure = measure_interleaved if args.interleave else measure_modes
+    results = measure(modes, args, cfg, vl_dim, views, random_parts)
     report = {"benchmark": "vl", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "shm-vla bench vl " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": {"cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,

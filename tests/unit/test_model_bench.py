@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,3 +38,13 @@ def test_vl_quick():
     rep = _bench("vl.py", "--quick", "--vl-dim", "64")
     (r,) = rep["results"]
     assert r["backbone"] == "compact" and r["vl_dim"] == 64 and r["n"] == 5 and r["p50_ms"] > 0
+
+
+def test_vl_interleaved_modes_and_an_error_row():
+    pytest.importorskip("transformers")
+    rep = _bench("vl.py", "--backbone", "tiny-qwen", "--modes", "batched,batched-windows,nope", "--iters", "3",
+                 "--warmup", "1", "--interleave")
+    ok, windows, bad = rep["results"]
+    assert (ok["mode"], windows["mode"], bad["mode"]) == ("batched", "batched-windows", "nope")
+    assert ok["interleaved"] and ok["n"] == windows["n"] == 3 and 0 < ok["p50_ms"] <= ok["max_ms"]
+    assert "unknown VL mode" in bad["error"]

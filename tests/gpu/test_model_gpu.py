@@ -97,7 +97,27 @@ def test_qwen_fast_path_cuda(tmp_path):
     d = make_tiny_qwen_dir(tmp_path / "q")
     views = np.random.default_rng(0).integers(0, 256, (5, 360, 640, 3), dtype=np.uint8)
     cpu = QwenBackbone(str(d), 64, prompt=format_prompt("t")).encode(views)
-    for mode in ("batched", "sequential", "streams"):
+    for mode in ("batched", "preprocess-streams", "sequential", "streams"):
         gpu = QwenBackbone(str(d), 64, prompt=format_prompt("t"), device="cuda", dtype=torch.float32,
                            mode=mode).encode(views)
         np.testing.assert_allclose(gpu, cpu, atol=2e-2, rtol=0)
+    # the grouped vision attention (the CUDA default) against transformers' per-window one, on CUDA
+    for mode in ("batched", "streams"):
+        grouped, windows = (QwenBackbone(str(d), 64, prompt=format_prompt("t"), device="cuda", dtype=torch.float32,
+                                         mode=mode, vision_attention=va) for va in ("batched", "windows"))
+        assert grouped._vision is not None and windows._vision is None
+        np.testing.assert_allclose(grouped.encode(views), windows.encode(views), atol=1e-4, rtol=0)
+
+
+def test_qwen_bf16_cuda_close_to_float32(tmp_path):
+    """The deployed dtype: bf16 weights (rotary tables kept float32) stay near the float32 features."""
+    pytest.importorskip("transformers")
+    from shm_vla.model.backbones.qwen import QwenBackbone
+    from shm_vla.model.backbones.qwen_tiny import make_tiny_qwen_dir
+    from shm_vla.model.backbones import format_prompt
+    d = make_tiny_qwen_dir(tmp_path / "q")
+    views = np.random.default_rng(1).integers(0, 256, (5, 360, 640, 3), dtype=np.uint8)
+    f32 = QwenBackbone(str(d), 64, prompt=format_prompt("t"), device="cuda", dtype=torch.float32).encode(views)
+    bf16 = QwenBackbone(str(d), 64, prompt=format_prompt("t"), device="cuda").encode(views)
+    scale = max(1.0, float(np.abs(f32).max()))
+    assert np.abs(bf16 - f32).max() < 0.05 * scale

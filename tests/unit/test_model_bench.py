@@ -48,3 +48,14 @@ def test_vl_interleaved_modes_and_an_error_row():
     assert (ok["mode"], windows["mode"], bad["mode"]) == ("batched", "batched-windows", "nope")
     assert ok["interleaved"] and ok["n"] == windows["n"] == 3 and 0 < ok["p50_ms"] <= ok["max_ms"]
     assert "unknown VL mode" in bad["error"]
+
+
+def test_vl_ops_counts_the_saved_attention_calls():
+    pytest.importorskip("transformers")
+    rep = _bench("vl_ops.py", "--shape", "tiny")
+    grouped, windows = rep["results"]
+    # tiny shape: 2 text layers; 2 vision blocks, block 1 with full attention; per view 18 windows
+    # of 2 lengths (15 x 64 patches, 3 x 32), 5 views
+    assert grouped["attention_calls"] == 2 + 2 + 1              # text layers + 2 lengths + 1 full block
+    assert windows["attention_calls"] == 2 + 5 * 18 + 5          # text layers + one call per window and view
+    assert grouped["aten_ops"] < windows["aten_ops"] and grouped["tolist_reads"] < windows["tolist_reads"]

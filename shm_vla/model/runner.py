@@ -152,7 +152,6 @@ class TickRunner:
 
         # ---- CUDA: stream, events, graph
         self.graph = None
-        self.graph_copies: str | None = None
         self._h2d_in_graph = self._d2h_in_graph = False
         if self.is_cuda:
             self._stream = torch.cuda.Stream(device=self.device, priority=stream_priority)
@@ -219,8 +218,15 @@ class TickRunner:
                     continue
                 raise
             self.graph, self._h2d_in_graph, self._d2h_in_graph = graph, h2d, d2h
-            self.graph_copies = "+".join(n for n, inside in (("h2d", h2d), ("d2h", d2h)) if inside) or "none"
             return
+
+    @property
+    def graph_copies(self) -> str | None:
+        """Which copies the CUDA graph holds: "h2d+d2h", "h2d" or "none"; None without a graph."""
+        if self.graph is None:
+            return None
+        inside = [n for n, held in (("h2d", self._h2d_in_graph), ("d2h", self._d2h_in_graph)) if held]
+        return "+".join(inside) or "none"
 
     # ------------------------------------------------------------------ the tick
     def _draw_noise(self, noise_seed: int | None, x0) -> None:

@@ -40,13 +40,10 @@ class _Layout:
 
 
 def _layout(cu_seqlens: torch.Tensor, seq: int) -> _Layout | None:
-    lengths = [int(x) for x in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()]    # the one synchronisation
-    if sum(lengths) != seq or min(lengths, default=0) < 0:
+    bounds = cu_seqlens.tolist()                                  # the one synchronisation
+    starts, lengths = bounds[:-1], [b - a for a, b in zip(bounds, bounds[1:])]
+    if not bounds or bounds[0] != 0 or bounds[-1] != seq or min(lengths, default=0) < 0:
         return None
-    starts, pos = [], 0
-    for n in lengths:
-        starts.append(pos)
-        pos += n
     by_length: dict[int, list[int]] = {}
     for start, n in zip(starts, lengths):
         if n:

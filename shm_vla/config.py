@@ -123,7 +123,8 @@ class ActConfig:
     vl_reuse: int = 4                  # a fresh VL feature is wanted every N ticks
     max_sensor_age_ms: float = 200.0
     max_robot_age_ms: float = 200.0
-    max_vl_age_ms: float = 2000.0
+    max_vl_age_ms: float = 2000.0      # since the VL feature was published (encode finished)
+    max_frame_age_ms: float = 2500.0   # since the oldest of its 5 frames was captured (camera clock)
     clamp_mm: float = 0.1              # |dx|,|dy|,|dz| per tick
     clamp_deg: float = 0.1             # |da|,|db|,|dr| per tick
     auto_start: bool = False
@@ -143,6 +144,7 @@ class SuperviseConfig:
     restart_backoff_s: float = 0.5
     restart_backoff_max_s: float = 10.0
     stop_timeout_s: float = 10.0
+    hang_timeout_s: float = 10.0       # an up process whose heartbeat is older than this is killed and restarted
 
 
 @dataclass

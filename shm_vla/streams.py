@@ -4,11 +4,15 @@ Writers create, readers attach, both through these functions, so the two sides c
 never disagree on a layout (and if an old segment does, attach fails with a clear error).
 
     view1..view5   uint8 (H, W, 3) decoded frames; meta src_ts = capture time (sender clock),
-                   label = camera name, aux = sender clock offset estimate (s)
+                   label = camera name, aux = that camera's wall-clock offset estimate (s)
     jpeg1..jpeg5   uint8 (jpeg_max_bytes,) the received JPEG bytes; aux = length
     robot          float32 (12,) joints then pose; aux = force placeholder
     sensor         float32 (ascan_len + 1,) in model order (force first or last);
                    aux = src_ts corrected to our wall clock (s)
+
+Every ring record's meta holds capture_mono_ns: its capture time on our CLOCK_MONOTONIC
+through the sender's estimated clock offset (-1 until the offset is established); the
+action gate judges freshness by it (ingest/clock.py).
     vl_feature     VL_DTYPE(vl_dim) one record per VL update
     results        results_dtype(H, A) one record per action tick
 """
@@ -25,7 +29,9 @@ DP_DIMS = 6
 
 # Why a tick withheld its command (results.held; 0 = command sent).
 HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", "no_sensor", "no_robot",
-                "nonfinite_output", "nonfinite_input", "read_error")
+                "nonfinite_output", "nonfinite_input", "read_error",
+                "unsynced_sensor", "unsynced_robot", "unsynced_camera",       # no clock offset yet (gate.py)
+                "stale_sensor_window", "stale_robot_window", "stale_frames")  # by capture time (gate.py)
 
 
 def view_stream(i: int) -> str:
@@ -43,6 +49,7 @@ def vl_dtype(vl_dim: int) -> np.dtype:
         ("encode_ms", "<f8"),
         ("capture_ts", "<f8", (N_VIEWS,)),      # each view's capture time, sender clock (s)
         ("capture_local_ts", "<f8", (N_VIEWS,)),  # the same on our wall clock (estimated offset)
+        ("capture_mono_ns", "<i8", (N_VIEWS,)),   # the same on our CLOCK_MONOTONIC (what ages use)
         ("frame_recv_mono_ns", "<i8", (N_VIEWS,)),
         ("frame_record", "<i8", (N_VIEWS,)),    # record numbers in view1..5: never encode a set twice
         ("skew_ms", "<f8"),                     # newest minus oldest capture time
@@ -68,10 +75,18 @@ def results_dtype(horizon: int, action_dim: int) -> np.dtype:
         ("action_prediction_ms", "<f8"),
         ("total_ms", "<f8"),
         ("tick_lateness_ms", "<f8"),
+        # input ages at the gate (gate.py): capture time of the newest record, its receipt,
+        # capture time of the oldest record in the window; NaN = no capture time (unsynced)
         ("sensor_age_ms", "<f8"),
+        ("sensor_recv_age_ms", "<f8"),
+        ("sensor_window_age_ms", "<f8"),
         ("robot_age_ms", "<f8"),
-        ("vl_age_ms", "<f8"),
-        ("frame_age_ms", "<f8"),
+        ("robot_recv_age_ms", "<f8"),
+        ("robot_window_age_ms", "<f8"),
+        ("vl_age_ms", "<f8"),                   # since the feature was published
+        ("frame_age_ms", "<f8"),                # since its oldest frame was captured
+        ("sensor_window_ts", "<f8", (2,)),      # capture times (sender clock) of the window's oldest, newest
+        ("robot_window_ts", "<f8", (2,)),
         ("view_skew_ms", "<f8"),
         ("sensor_buffer_size", "<i4"),
         ("robot_buffer_size", "<i4"),

@@ -19,6 +19,7 @@ import zmq
 from ..protocol import camera as proto
 from ..protocol.errors import ProtocolError
 from ..process import Runtime
+from ..shm.ring import CAPTURE_UNKNOWN_NS, LABEL_BYTES
 from ..streams import N_VIEWS, Streams
 from .clock import ClockOffset
 from .meter import IngestMeter
@@ -26,14 +27,18 @@ from .meter import IngestMeter
 POLL_TIMEOUT_MS = 100
 DRAIN_MAX = 64
 WORKER_WAIT_S = 0.1
+CLOCK_WARMUP_FRAMES = 5      # 1 s at 5 Hz: frames of a camera before its capture times are trusted
 
 
 class PendingFrame:
-    __slots__ = ("camera", "capture_ts", "jpeg", "recv_mono_ns", "recv_wall_ns")
+    __slots__ = ("camera", "capture_ts", "jpeg", "recv_mono_ns", "recv_wall_ns", "capture_mono_ns",
+                 "wall_offset_s", "latency_s")
 
-    def __init__(self, camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns):
+    def __init__(self, camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns, capture_mono_ns, wall_offset_s,
+                 latency_s):
         self.camera, self.capture_ts, self.jpeg = camera, capture_ts, jpeg
         self.recv_mono_ns, self.recv_wall_ns = recv_mono_ns, recv_wall_ns
+        self.capture_mono_ns, self.wall_offset_s, self.latency_s = capture_mono_ns, wall_offset_s, latency_s
 
 
 class DecodeWorker(threading.Thread):
@@ -81,7 +86,10 @@ class CameraIngest:
         self.jpeg_rings = jpeg_rings
         self.mapper = proto.CameraMapper(cam)
         self.decoder_cfg = cam
-        self.clock = ClockOffset(warmup=10)
+        # one clock per view: each camera is stamped by its own capture loop (possibly on
+        # another PC), and frames of different cameras arrive reordered
+        self.clocks = [ClockOffset(warmup=CLOCK_WARMUP_FRAMES) for _ in range(N_VIEWS)]
+        self.stale_after_ns = int(rt.cfg.act.max_frame_age_ms * 1e6)
         self.meter = IngestMeter(rt.stats)
         self.ignored = rt.stats.counter("ignored_right_images")
         self.superseded = rt.stats.counter("superseded_frames")
@@ -123,11 +131,32 @@ class CameraIngest:
         if len(jpeg) > self.decoder_cfg.jpeg_max_bytes:
             self._error("jpeg_size", f"{len(jpeg)} bytes from {camera[:32]}")
             return
-        frame = PendingFrame(camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns)
+        frame = self._stamp(view, camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns)
         if self.workers[view % len(self.workers)].offer(view, frame):
             self.superseded.inc()
             with self.lock:
                 self.meter.drops.inc()
+
+    def _stamp(self, view, camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns) -> PendingFrame:
+        """Receive thread (the only user of the clocks): the frame's capture time on our clock."""
+        clock = self.clocks[view]
+        recv_s = recv_mono_ns * 1e-9
+        if not clock.update(recv_s, capture_ts):
+            self.rt.rlog.warning("restart", "camera %s timestamps jumped back: sender restart? "
+                                 "re-estimating its clock offset", camera[:32])
+        capture = clock.capture_mono_ns(capture_ts)
+        if capture != CAPTURE_UNKNOWN_NS and recv_mono_ns - capture > self.stale_after_ns:
+            with self.lock:
+                self.meter.stale_backlog.inc()
+            self.rt.rlog.warning("stale_backlog", "camera frames older than %.0f ms by capture time (a backlog): "
+                                 "stored, never encoded for a command", self.stale_after_ns / 1e6)
+        return PendingFrame(camera, capture_ts, jpeg, recv_mono_ns, recv_wall_ns, capture,
+                            clock.wall_offset_s(), clock.latency_s(recv_s, capture_ts))
+
+    def published_offset_s(self) -> float | None:
+        """The median wall-clock offset of the cameras whose clocks are established."""
+        offsets = [c.wall_offset_s() for c in self.clocks if c.ready]
+        return float(np.median(offsets)) if offsets else None
 
     def decode(self, view: int, frame: PendingFrame) -> None:
         """Decoder thread: decode into the ring slot, publish frame and JPEG bytes."""
@@ -142,20 +171,17 @@ class CameraIngest:
             return
         if decoder.resized != resized_before:
             self.resized.inc()
-        label = frame.camera.encode()[:48]
-        with self.lock:
-            self.clock.update(frame.recv_wall_ns * 1e-9, frame.capture_ts)
-            offset = self.clock.offset_s
-        ring.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
-                    recv_wall_ns=frame.recv_wall_ns, aux=offset, label=label)
+        label = frame.camera.encode()[:LABEL_BYTES]
+        ring.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
+                    aux=frame.wall_offset_s, label=label, capture_mono_ns=frame.capture_mono_ns)
         jpeg = self.jpeg_rings[view]
         nbytes = len(frame.jpeg)
         np.copyto(jpeg.begin()[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
-        jpeg.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
-                    recv_wall_ns=frame.recv_wall_ns, aux=float(nbytes), label=label)
+        jpeg.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
+                    aux=float(nbytes), label=label, capture_mono_ns=frame.capture_mono_ns)
         self.view_frames[view].inc()
         with self.lock:
-            self.meter.stored(1, frame.capture_ts, self.clock.latency_s(frame.recv_wall_ns * 1e-9, frame.capture_ts))
+            self.meter.stored(1, frame.capture_ts, frame.latency_s)
 
 
 def open_socket(ctx: zmq.Context, address: str, rcvhwm: int) -> zmq.Socket:
@@ -181,7 +207,7 @@ def run(rt: Runtime) -> int:
         while rt.running:
             rt.housekeeping()
             with ingest.lock:
-                ingest.meter.periodic(time.monotonic_ns(), ingest.clock.offset_s if ingest.clock.ready else None)
+                ingest.meter.periodic(time.monotonic_ns(), ingest.published_offset_s)
             if not poller.poll(POLL_TIMEOUT_MS):
                 continue
             for _ in range(DRAIN_MAX):

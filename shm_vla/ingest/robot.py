@@ -14,6 +14,7 @@ import zmq
 from ..protocol import robot as proto
 from ..protocol.errors import ProtocolError
 from ..process import Runtime
+from ..shm.ring import CAPTURE_UNKNOWN_NS
 from ..streams import Streams
 from .clock import ClockOffset
 from .meter import IngestMeter
@@ -34,6 +35,7 @@ class RobotIngest:
         self.topic = rt.cfg.robot.topic.encode()
         self.record = np.zeros((), proto.ROBOT_STATE_DTYPE)
         self.clock = ClockOffset()
+        self.stale_after_ns = int(rt.cfg.act.max_robot_age_ms * 1e6)
         self.meter = IngestMeter(rt.stats)
         self.sender_restarts = rt.stats.counter("sender_restarts")
 
@@ -45,14 +47,20 @@ class RobotIngest:
             self.rt.error(exc.kind, str(exc))
             return False
         src, send = float(rec["timestamp"]), float(rec["send_timestamp"])
-        recv_s = recv_wall_ns * 1e-9
+        recv_s = recv_mono_ns * 1e-9
         if not self.clock.update(recv_s, send):
             self.sender_restarts.inc()
-            self.rt.rlog.warning("restart", "robot timestamps went backwards: publisher restart?")
+            self.rt.rlog.warning("restart", "robot timestamps jumped back: publisher restart?")
+        capture = self.clock.capture_mono_ns(src)
+        if capture != CAPTURE_UNKNOWN_NS and recv_mono_ns - capture > self.stale_after_ns:
+            # a backlog (ZeroMQ kept it while we were stopped): stored, never commanded from
+            self.meter.stale_backlog.inc()
+            self.rt.rlog.warning("stale_backlog", "robot states older than %.0f ms by capture time (a backlog): "
+                                 "stored, never used for a command", self.stale_after_ns / 1e6)
         slot = self.ring.begin()
         proto.model_values(rec, slot)
         self.ring.commit(src_ts=src, send_ts=send, recv_mono_ns=recv_mono_ns, recv_wall_ns=recv_wall_ns,
-                         aux=float(rec["force"]))
+                         aux=float(rec["force"]), capture_mono_ns=capture)
         self.meter.stored(1, src, self.clock.latency_s(recv_s, send))
         return True
 
@@ -81,7 +89,7 @@ def run(rt: Runtime) -> int:
     try:
         while rt.running:
             rt.housekeeping()
-            ingest.meter.periodic(time.monotonic_ns(), ingest.clock.offset_s if ingest.clock.ready else None)
+            ingest.meter.periodic(time.monotonic_ns(), ingest.clock.published_offset_s)
             if not poller.poll(POLL_TIMEOUT_MS):
                 continue
             for _ in range(DRAIN_MAX):

@@ -7,6 +7,7 @@ Kernel-side drops (receive buffer overflow) are read from SO_RXQ_OVFL.
 """
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -17,6 +18,7 @@ import numpy as np
 from ..protocol import sensor as proto
 from ..protocol.errors import ProtocolError
 from ..process import Runtime
+from ..shm.ring import CAPTURE_UNKNOWN_NS
 from ..streams import Streams
 from .clock import ClockOffset
 from .meter import IngestMeter
@@ -55,7 +57,9 @@ class SensorIngest:
         self.force_col = proto.force_column(cfg.force_position, width)
         self.ascan_cols = proto.ascan_columns(cfg.force_position, width)
         self.clock = ClockOffset(cfg.clock_offset_warmup)
+        self.stale_after_ns = int(rt.cfg.act.max_sensor_age_ms * 1e6)
         self.meter = IngestMeter(rt.stats)
+
         self.nonfinite = rt.stats.counter("nonfinite_records")
         self.sender_restarts = rt.stats.counter("sender_restarts")
         self.kernel_drops = rt.stats.counter("kernel_drops")
@@ -78,14 +82,15 @@ class SensorIngest:
             self.rt.error("nonfinite", f"{bad} record(s) with NaN/Inf ({'kept' if self.keep_nonfinite else 'dropped'})")
             if not self.keep_nonfinite:
                 self.meter.drops.inc(bad)
-        recv_s = recv_wall_ns * 1e-9
+        recv_s = recv_mono_ns * 1e-9
         send_last = float(records["send_timestamp"][-1])
         if np.isfinite(send_last) and not self.clock.update(recv_s, send_last):
             self.sender_restarts.inc()
-            self.rt.rlog.warning("restart", "sensor timestamps went backwards: sender restart? re-estimating clock offset")
-        stored = 0
+            self.rt.rlog.warning("restart", "sensor timestamps jumped back: sender restart? re-estimating clock offset")
+        stored = stale = 0
         ts, sts = records["timestamp"], records["send_timestamp"]
         force, ascan = records["force"], records["ascan"]
+        wall_offset = self.clock.wall_offset_s()
         for i in range(n):
             if not (mask[i] or self.keep_nonfinite):
                 continue
@@ -93,9 +98,17 @@ class SensorIngest:
             slot[self.force_col] = force[i]
             slot[self.ascan_cols] = ascan[i]
             t = float(ts[i])
+            capture = self.clock.capture_mono_ns(t) if math.isfinite(t) else CAPTURE_UNKNOWN_NS
+            # a record from a backlog (we were stopped, the kernel kept it) is stored, since it
+            # is real data for the record, and counted; its capture time keeps it from the model
+            stale += capture != CAPTURE_UNKNOWN_NS and recv_mono_ns - capture > self.stale_after_ns
             self.ring.commit(src_ts=t, send_ts=float(sts[i]), recv_mono_ns=recv_mono_ns,
-                             recv_wall_ns=recv_wall_ns, aux=self.clock.to_local(t))
+                             recv_wall_ns=recv_wall_ns, aux=t + wall_offset, capture_mono_ns=capture)
             stored += 1
+        if stale:
+            self.meter.stale_backlog.inc(stale)
+            self.rt.rlog.warning("stale_backlog", "%d sensor record(s) older than %.0f ms by capture time "
+                                 "(a backlog): stored, never used for a command", stale, self.stale_after_ns / 1e6)
         if stored:
             self.meter.stored(stored, float(ts[n - 1]), self.clock.latency_s(recv_s, send_last))
         return stored
@@ -124,7 +137,7 @@ def run(rt: Runtime) -> int:
         while rt.running:
             rt.housekeeping()
             now = time.monotonic_ns()
-            ingest.meter.periodic(now, ingest.clock.offset_s if ingest.clock.ready else None)
+            ingest.meter.periodic(now, ingest.clock.published_offset_s)
             if not poller.poll(POLL_TIMEOUT_MS):
                 continue
             for _ in range(cfg.batch_max_datagrams):

@@ -15,6 +15,7 @@ Readers touch at most depth - 1 records, so they never wait on the slot being wr
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from . import segment as segmod
 from .barrier import fence
 from .notify import Futex
 
+LABEL_BYTES = 40
+CAPTURE_UNKNOWN_NS = -1
 META_DTYPE = np.dtype([
     ("record", "<i8"),        # record number (monotonic from 0); -1 = invalid
     ("src_ts", "<f8"),        # sender's timestamp (its clock, seconds)
@@ -31,9 +34,12 @@ META_DTYPE = np.dtype([
     ("recv_mono_ns", "<i8"),  # our CLOCK_MONOTONIC at receipt
     ("recv_wall_ns", "<i8"),  # our wall clock at receipt
     ("aux", "<f8"),           # per-stream extra (e.g. JPEG length, force placeholder)
-    ("label", "S48"),         # per-stream text (e.g. camera name, truncated)
+    ("capture_mono_ns", "<i8"),  # capture time on our CLOCK_MONOTONIC (sender clock through the
+                              # estimated offset); -1 = not known (no offset established yet)
+    ("label", f"S{LABEL_BYTES}"),  # per-stream text (e.g. camera name, truncated)
 ])
 assert META_DTYPE.itemsize == 96
+_META_DESCR_JSON = json.loads(json.dumps(META_DTYPE.descr))
 CONTROL_BYTES = 128
 SEQ_BYTES = 64
 ALIGN = 64
@@ -62,6 +68,7 @@ def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None =
         "depth": int(depth),
         "payload_bytes": payload,
         "stride": SEQ_BYTES + META_DTYPE.itemsize + _align(payload),
+        "meta": META_DTYPE.descr,   # a reader of another meta layout is refused at attach
     }
     if extras:
         layout["extras"] = extras
@@ -134,6 +141,9 @@ class Ring:
             layout = seg.layout()
             if layout.get("kind") != "ring":
                 raise segmod.LayoutMismatch(f"{seg.name}: not a ring (kind {layout.get('kind')!r})")
+            if layout.get("meta") != _META_DESCR_JSON:
+                raise segmod.LayoutMismatch(f"{seg.name}: record metadata layout differs from this version's "
+                                            "(a segment left by another shm-vla version?)")
             ring = cls(seg, layout)
             if dtype is not None and np.dtype(dtype) != ring.dtype:
                 raise segmod.LayoutMismatch(f"{seg.name}: record dtype {ring.dtype}, expected {np.dtype(dtype)}")
@@ -177,14 +187,16 @@ class Ring:
         return self.payload[slot, ...]   # a view, also for 0-d records
 
     def commit(self, src_ts: float = 0.0, send_ts: float = 0.0, recv_mono_ns: int | None = None,
-               recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"") -> int:
+               recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"",
+               capture_mono_ns: int = CAPTURE_UNKNOWN_NS) -> int:
         """Publish the slot opened by begin(); returns its record number."""
         slot = self._writing
         record = int(self._head[0])
         # one structured store for the whole meta record (field by field costs 7 numpy calls)
         self.meta[slot] = (record, src_ts, send_ts,
                            time.monotonic_ns() if recv_mono_ns is None else recv_mono_ns,
-                           time.time_ns() if recv_wall_ns is None else recv_wall_ns, aux, label)
+                           time.time_ns() if recv_wall_ns is None else recv_wall_ns, aux, capture_mono_ns,
+                           label)
         fence()
         self.seqs[slot] += 1                       # even: done
         self._head[0] = record + 1

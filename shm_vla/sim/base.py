@@ -100,9 +100,16 @@ class ScheduledSender(Runner):
         self.sent = 0                     # messages handed to the socket
         self.dropped = 0                  # messages the socket refused (full queue)
         self.skipped = 0                  # sends skipped after a stall
+        self.run_start_ns = 0             # CLOCK_MONOTONIC of the schedule's start (set by _run)
+
+    def schedule_start_wall_s(self) -> float:
+        """The schedule's start on the wall clock (for nominal sample times: a late first
+        send must not shift them later than the sends that carry them)."""
+        return time.time() - (time.monotonic_ns() - self.run_start_ns) / NS_PER_S
 
     def _run(self) -> None:
         start_ns = self.start_ns if self.start_ns is not None else time.monotonic_ns()
+        self.run_start_ns = start_ns
         end_ns = None if self.duration_s is None else start_ns + int(self.duration_s * NS_PER_S)
         k = 0
         while not self._stop_event.is_set():

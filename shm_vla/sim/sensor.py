@@ -55,8 +55,8 @@ class SensorSim(ScheduledSender):
         return int((k + 1) * self.records_per_datagram * NS_PER_S / self.rate_hz)
 
     def _emit(self, k: int) -> None:
-        if not self._start_wall_s:  # wall time of the schedule's start (k may not be 0 after a stall)
-            self._start_wall_s = time.time() - self._due_ns(k) / NS_PER_S
+        if not self._start_wall_s:
+            self._start_wall_s = self.schedule_start_wall_s()
         first = k * self.records_per_datagram
         fill_sensor(self._records, first)
         counters = np.arange(first, first + self.records_per_datagram, dtype=np.float64)

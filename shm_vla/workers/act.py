@@ -6,8 +6,9 @@ missed one counted and skipped, never caught up in a burst):
   1. read the newest VL feature and the sensor and robot windows from shared memory
      straight into the runner's (pinned) input buffers, front-padding with zeros while a
      ring fills, as deployed;
-  2. gate: no command if any input is missing or stale, or (after inference) if the
-     output is not finite; the reason is recorded, counted and logged at a bounded rate;
+  2. gate: no command if any input is missing or stale by capture time (the whole window,
+     not only its newest record; see gate.py), or (after inference) if the output is not
+     finite; the reason is recorded, counted and logged at a bounded rate;
   3. run the head; clamp the first action's first 6 values per axis;
   4. send {"cmd": "dpose"} without blocking (a full queue or absent robot is counted);
   5. publish the whole result, timings and input ages to the results ring.
@@ -19,10 +20,10 @@ import time
 import numpy as np
 import zmq
 
-from ..gate import Gate
+from ..gate import Gate, InputAges
 from ..process import Runtime, attach_when_ready, run_process
 from ..protocol import command as command_proto
-from ..shm.ring import META_DTYPE
+from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import DP_DIMS, HOLD_REASONS, Streams
 from .rolling import RollingGauges
@@ -49,6 +50,26 @@ class Inputs:
         kr = self.robot_ring.window(self.robot_window, runner.robot_in, self.robot_meta)
         runner.robot_in[: self.robot_window - kr] = 0.0
         return have_vl, ks, kr
+
+
+def _span_ms(window: int, rate_hz: float) -> float:
+    """Nominal time from a window's oldest record to its newest."""
+    return (window - 1) / rate_hz * 1e3
+
+
+def _capture_age_ms(capture_mono_ns: int, now_ns: int) -> float:
+    return np.nan if capture_mono_ns == CAPTURE_UNKNOWN_NS else (now_ns - capture_mono_ns) / 1e6
+
+
+def _window_ages(meta, rows: int, now_ns: int) -> tuple[float, float, float]:
+    """(newest by capture, newest by receipt, oldest by capture) of the `rows` newest
+    records, right-aligned in meta; NaN where a capture time is unknown."""
+    if rows == 0:
+        return np.inf, np.inf, np.inf
+    capture = meta["capture_mono_ns"][-rows:]
+    oldest = int(capture.min())       # min: also catches an unknown (-1) anywhere in the window
+    return (_capture_age_ms(int(capture[-1]), now_ns), (now_ns - int(meta["recv_mono_ns"][-1])) / 1e6,
+            _capture_age_ms(oldest, now_ns))
 
 
 class Commander:
@@ -84,7 +105,9 @@ class ActWorker:
         cfg = rt.cfg
         self.rt, self.cfg = rt, cfg
         self.runner, self.inputs, self.results, self.commander = runner, inputs, results_ring, commander
-        self.gate = Gate(cfg.act)
+        self.gate = Gate(cfg.act, sensor_span_ms=_span_ms(inputs.sensor_window, cfg.sensor.rate_hz),
+                         robot_span_ms=_span_ms(inputs.robot_window, cfg.robot.rate_hz))
+        self.ages = InputAges()
         self.limits = np.array([cfg.act.clamp_mm] * 3 + [cfg.act.clamp_deg] * 3, np.float32)
         self.dp = np.zeros(DP_DIMS, np.float32)
         self._blank = np.zeros((), results_ring.dtype)     # every slot starts from this
@@ -148,22 +171,25 @@ class ActWorker:
         self.lateness.add(lateness_ms)
 
     def _check_inputs(self, rec, now_ns: int, have_vl: bool, ks: int, kr: int) -> str:
-        inp = self.inputs
+        inp, ages = self.inputs, self.ages
         vl = inp.vl_rec[0]
         rec["sensor_buffer_size"], rec["robot_buffer_size"] = ks, kr
         rec["vl_update_number"] = int(vl["update"]) if have_vl else 0
         rec["vl_update_time_ms"] = float(vl["encode_ms"]) if have_vl else 0.0
         rec["view_skew_ms"] = float(vl["skew_ms"]) if have_vl else np.nan
-        ages = {
-            "vl": (now_ns - int(inp.vl_meta["recv_mono_ns"][0])) / 1e6 if have_vl else np.inf,
-            "sensor": (now_ns - int(inp.sensor_meta["recv_mono_ns"][-1])) / 1e6 if ks else np.inf,
-            "robot": (now_ns - int(inp.robot_meta["recv_mono_ns"][-1])) / 1e6 if kr else np.inf,
-        }
-        rec["vl_age_ms"], rec["sensor_age_ms"], rec["robot_age_ms"] = ages["vl"], ages["sensor"], ages["robot"]
-        # capture (sender clock, mapped to ours through the estimated offset) to now; the
-        # offset absorbs the smallest capture-to-receipt delay, so this is a lower bound
-        rec["frame_age_ms"] = (time.time() - float(vl["capture_local_ts"].min())) * 1e3 if have_vl else np.inf
+        ages.sensor, ages.sensor_recv, ages.sensor_window = _window_ages(inp.sensor_meta, ks, now_ns)
+        ages.robot, ages.robot_recv, ages.robot_window = _window_ages(inp.robot_meta, kr, now_ns)
+        ages.vl = (now_ns - int(inp.vl_meta["recv_mono_ns"][0])) / 1e6 if have_vl else np.inf
+        ages.frames = _capture_age_ms(int(vl["capture_mono_ns"].min()), now_ns) if have_vl else np.inf
+        rec["sensor_age_ms"], rec["sensor_recv_age_ms"], rec["sensor_window_age_ms"] = \
+            ages.sensor, ages.sensor_recv, ages.sensor_window
+        rec["robot_age_ms"], rec["robot_recv_age_ms"], rec["robot_window_age_ms"] = \
+            ages.robot, ages.robot_recv, ages.robot_window
+        rec["vl_age_ms"], rec["frame_age_ms"] = ages.vl, ages.frames
+        if ks:
+            rec["sensor_window_ts"] = (inp.sensor_meta["src_ts"][-ks], inp.sensor_meta["src_ts"][-1])
         if kr:
+            rec["robot_window_ts"] = (inp.robot_meta["src_ts"][-kr], inp.robot_meta["src_ts"][-1])
             rec["robot_state"] = self.runner.robot_in[-1]
             rec["robot_ts"] = float(inp.robot_meta["src_ts"][-1])
         if have_vl:

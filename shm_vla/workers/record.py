@@ -90,6 +90,8 @@ class Recorder:
             "robot_age_ms": _num(r["robot_age_ms"]), "vl_age_ms": _num(r["vl_age_ms"]),
             "frame_age_ms": _num(r["frame_age_ms"]), "view_skew_ms": _num(r["view_skew_ms"]),
             "held": held or None,
+            "sensor_recv_age_ms": _num(r["sensor_recv_age_ms"]), "sensor_window_age_ms": _num(r["sensor_window_age_ms"]),
+            "robot_recv_age_ms": _num(r["robot_recv_age_ms"]), "robot_window_age_ms": _num(r["robot_window_age_ms"]),
         }
         self.writer.write_timing(timing)
         if held:

@@ -5,7 +5,9 @@ sleeps on the view rings' futex; when the reuse budget (vl_reuse / tick_hz secon
 the previous encode began) is spent and every view holds a frame newer than the set used
 last time, it copies the newest frame of each view (or, with view_policy = "max_skew",
 checks the set's capture-time skew against the bound), encodes, and publishes one
-vl_feature record. The same frame set is never encoded twice.
+vl_feature record. The same frame set is never encoded twice, and a set the action gate
+would refuse (a frame with no capture time yet, or older than act.max_frame_age_ms by
+capture time) is not encoded at all.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 import numpy as np
 
 from ..process import Runtime, attach_when_ready, run_process
-from ..shm.ring import META_DTYPE
+from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import N_VIEWS, Streams
 from .rolling import RollingGauges
@@ -54,6 +56,9 @@ class VlWorker:
         self.over_skew = s.counter("over_skew_sets")
         self.rejected = s.counter("rejected_sets")
         self.read_errors = s.counter("read_errors")
+        self.unsynced_sets = s.counter("unsynced_sets")
+        self.stale_sets = s.counter("stale_sets")
+        self.max_frame_age_ns = int(rt.cfg.act.max_frame_age_ms * 1e6)
         self.encode_ms = s.gauge("encode_ms")
         self.skew_ms = s.gauge("view_skew_ms")
         self.encode_roll = RollingGauges(s, "encode_ms", size=100, every=5)
@@ -73,6 +78,9 @@ class VlWorker:
             self.read_errors.inc()
             self.rt.rlog.warning("read", "frame read failed: %s", exc)
             return False
+        if not self._fresh_enough():
+            fs.used_records[:] = fs.meta["record"]   # never encode it: wait for newer frames
+            return False
         skew = fs.skew_ms
         self.skew_ms.set(skew)
         if self.cfg.vl.view_policy == "max_skew" and skew > self.cfg.vl.max_skew_ms:
@@ -81,6 +89,20 @@ class VlWorker:
                 self.rejected.inc()
                 fs.used_records[:] = fs.meta["record"]   # wait for a newer set
                 return False
+        return True
+
+    def _fresh_enough(self) -> bool:
+        """A set the action gate would refuse anyway (a frame with no capture time on our
+        clock yet, or captured longer ago than act.max_frame_age_ms) is not worth encoding."""
+        capture = self.set.meta["capture_mono_ns"]
+        if (capture == CAPTURE_UNKNOWN_NS).any():
+            self.unsynced_sets.inc()
+            return False
+        if time.monotonic_ns() - int(capture.min()) > self.max_frame_age_ns:
+            self.stale_sets.inc()
+            self.rt.rlog.warning("stale_set", "frames older than %.0f ms by capture time: set not encoded",
+                                 self.max_frame_age_ns / 1e6)
+            return False
         return True
 
     def encode_and_publish(self) -> None:
@@ -98,6 +120,7 @@ class VlWorker:
         slot["encode_ms"] = encode_ms
         slot["capture_ts"] = fs.meta["src_ts"]
         slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["aux"]   # aux: the camera clock offset
+        slot["capture_mono_ns"] = fs.meta["capture_mono_ns"]
         slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
         slot["frame_record"] = fs.meta["record"]
         slot["skew_ms"] = fs.skew_ms

@@ -42,15 +42,20 @@ def rig(tmp_path, instance):
     rt.close()
 
 
-def _feed(rings, vl_value=0.1, n_sensor=70, n_robot=20):
-    for _ in range(n_sensor):
-        rings["sensor"].write(np.full(1026, 0.01, np.float32))
+def _feed(rings, vl_value=0.1, n_sensor=70, n_robot=20, captured_ago_ms=1.0, sensor_capture=None):
+    """Fresh inputs, received now; captured `captured_ago_ms` ago (sensor: per record, if given)."""
+    now = time.monotonic_ns()
+    captured = now - int(captured_ago_ms * 1e6)
+    for i in range(n_sensor):
+        capture = captured if sensor_capture is None else sensor_capture(i, n_sensor, now)
+        rings["sensor"].write(np.full(1026, 0.01, np.float32), capture_mono_ns=capture)
     for _ in range(n_robot):
-        rings["robot"].write(np.full(12, 1.0, np.float32))
+        rings["robot"].write(np.full(12, 1.0, np.float32), capture_mono_ns=captured)
     slot = rings["vl"].begin()
     slot["feature"] = vl_value
     slot["update"] = rings["vl"].head + 1
-    slot["frame_recv_mono_ns"] = time.monotonic_ns()
+    slot["frame_recv_mono_ns"] = now
+    slot["capture_mono_ns"] = captured
     rings["vl"].commit()
 
 
@@ -122,15 +127,33 @@ def test_stale_inputs_and_nonfinite_output_withhold_the_command(rig):
     assert _last_result(results)["held"] == 0           # commands resume by themselves
 
 
-def test_gate_order_and_nan_ages():
-    gate = Gate(config.Config().act)
-    fresh = {"sensor": 1.0, "robot": 1.0, "vl": 10.0}
-    assert gate.check_inputs(True, 65, 100, fresh) == ""
-    assert gate.check_inputs(False, 0, 0, fresh) == "no_vl_feature"
-    assert gate.check_inputs(True, 0, 100, fresh) == "no_sensor"
-    assert gate.check_inputs(True, 65, 0, fresh) == "no_robot"
-    assert gate.check_inputs(True, 65, 100, dict(fresh, robot=201.0)) == "stale_robot"
-    assert gate.check_inputs(True, 65, 100, dict(fresh, vl=float("nan"))) == "stale_vl"
+def test_a_backlog_fresh_by_receipt_but_old_by_capture_is_never_commanded(rig):
+    """The SIGSTOP drill in one process: records received just now, captured 2.4 s ago."""
+    worker, rings, results, sink, cfg = rig
+    _feed(rings, captured_ago_ms=2400.0)
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert HOLD_REASONS[r["held"]] == "stale_sensor" and r["sensor_recv_age_ms"] < 100
+    assert r["sensor_age_ms"] >= 2400 and r["sent"] == 0
+
+
+def test_a_window_with_old_records_behind_a_fresh_one_is_held(rig):
+    """Only the newest records are fresh (a backlog half drained): the window bound holds it."""
+    worker, rings, results, sink, cfg = rig
+    def capture(i, n, now):       # all but the last 3 records captured 2 s ago
+        return now - (2_000_000_000 if i < n - 3 else 1_000_000)
+    _feed(rings, sensor_capture=capture)
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert HOLD_REASONS[r["held"]] == "stale_sensor_window" and r["sensor_age_ms"] < 100
+    assert r["sensor_window_age_ms"] >= 2000
+
+
+def test_records_without_a_capture_time_hold_as_unsynced(rig):
+    worker, rings, results, sink, cfg = rig
+    _feed(rings, sensor_capture=lambda i, n, now: -1 if i == n - 30 else now)
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert HOLD_REASONS[_last_result(results)["held"]] == "unsynced_sensor"
 
 
 def test_make_runner_follows_the_model_config(tmp_path, instance):

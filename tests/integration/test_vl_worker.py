@@ -1,6 +1,8 @@
 """The VL worker in one process: real view rings, the compact backbone, real feature ring."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -26,9 +28,13 @@ def _worker(instance, overrides=()):
     return worker, writers, vl_ring, rt
 
 
-def _publish_set(writers, counter, capture_ts):
+def _publish_set(writers, counter, capture_ts, captured_ago_ms=5.0):
+    """Frames stamped by their camera (capture_ts) and, through its clock, on ours
+    (captured_ago_ms ago; None: no clock offset yet)."""
+    now = time.monotonic_ns()
+    capture_mono = -1 if captured_ago_ms is None else now - int(captured_ago_ms * 1e6)
     for i, ring in enumerate(writers):
-        ring.write(content.frame_image(i, counter), src_ts=capture_ts[i])
+        ring.write(content.frame_image(i, counter), src_ts=capture_ts[i], capture_mono_ns=capture_mono)
 
 
 def _steps(worker, n=5):
@@ -49,12 +55,31 @@ def test_encodes_each_new_set_once_with_metadata(instance):
     assert rec["update"][0] == 1 and rec["encode_ms"][0] > 0
     assert np.allclose(rec["capture_ts"][0], ts) and rec["skew_ms"][0] == pytest.approx(40.0)
     assert np.isfinite(rec["feature"][0]).all() and rec["feature"].shape == (1, VL_DIM)
-    writers[0].write(content.frame_image(0, 2), src_ts=101.0)  # only one view is new: not a complete set
+    writers[0].write(content.frame_image(0, 2), src_ts=101.0, capture_mono_ns=time.monotonic_ns())  # not a complete set
     _steps(worker)
     assert vl_ring.head == 1
     _publish_set(writers, 3, [102.0] * 5)
     _steps(worker)
     assert vl_ring.head == 2
+    rt.close()
+
+
+def test_sets_the_gate_would_refuse_are_never_encoded(instance):
+    """Frames with no capture time yet (camera clock not established), or captured longer
+    ago than act.max_frame_age_ms (a backlog after a stall): counted, not encoded."""
+    worker, writers, vl_ring, rt = _worker(instance, ["act.max_frame_age_ms=500"])
+    _publish_set(writers, 1, [100.0] * 5, captured_ago_ms=None)
+    _steps(worker)
+    assert vl_ring.head == 0 and worker.unsynced_sets.value == 1
+    _publish_set(writers, 2, [100.2] * 5, captured_ago_ms=800.0)
+    _steps(worker)
+    assert vl_ring.head == 0 and worker.stale_sets.value == 1
+    _publish_set(writers, 3, [100.4] * 5)
+    _steps(worker)
+    assert vl_ring.head == 1
+    rec = np.zeros(1, vl_ring.dtype)
+    vl_ring.latest(rec)
+    assert (time.monotonic_ns() - rec["capture_mono_ns"][0] < 1e9).all()
     rt.close()
 
 

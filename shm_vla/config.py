@@ -192,7 +192,7 @@ _CHOICES = {
 _POSITIVE = {
     "rate_hz", "tick_hz", "ring_depth", "window", "width", "height", "ascan_len",
     "results_depth", "flow_steps", "flow_horizon", "vl_reuse", "rcvbuf_bytes",
-    "clamp_mm", "clamp_deg", "flush_every", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
+    "clamp_mm", "clamp_deg", "flush_every", "hang_timeout_s", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
 }
 
 

@@ -143,7 +143,7 @@ class Thresholds:
 
     @staticmethod
     def process(state: str, alive: bool, heartbeat_age_ms: float) -> str:
-        if state in ("down", "failed"):
+        if state in ("down", "failed", "hung"):
             return "bad"
         if state in ("starting", "stopping", "restarting", "unknown"):
             return "warn"
@@ -241,6 +241,8 @@ def _processes(cfg: Config, sampler: ProcessSampler | None, th: Thresholds) -> d
         restarts = _num(sup["values"], f"restarts.{name}") if sup else None
         if not snap["alive"] and supervising:
             snap["state"] = _supervised_state(sup["values"], name, restarts)
+        elif snap["state"] == "up" and snap["heartbeat_age_ms"] > cfg.supervise.hang_timeout_s * 1e3:
+            snap["state"] = "hung"       # alive but its loop stopped (the supervisor kills and restarts it)
         cpu = rss = None
         if snap["alive"] and sampler is not None:
             cpu, rss = sampler.sample(snap["pid"], snap["started_wall_ns"])

@@ -1,7 +1,9 @@
 """`shm-vla run flow|regression --instance NAME [--sim] [--duration S] [--checkpoint PATH] [--out DIR]`
 
 A supervisor for machines without systemd: starts every stage as its own process, restarts
-a crashed one with exponential backoff (counted in the supervisor's stats), and on
+a crashed one with exponential backoff (counted in the supervisor's stats), kills and
+restarts a hung one (heartbeat older than supervise.hang_timeout_s), makes sure no child
+outlives it (lifeline.py), and on
 SIGINT/SIGTERM or at the end of --duration stops them in order so that files are complete:
 act first (no new results), then the recorder (drains, then finalises its files), then
 vl, the ingest processes, and last the simulators.
@@ -17,12 +19,15 @@ import time
 from dataclasses import dataclass, field
 
 from . import config as configmod
+from . import lifeline
 from .shm import segment as segmod
 from .shm.segment import ShmError
 from .shm.stats import Stats
 
 POLL_S = 0.1
 HEALTHY_AFTER_S = 30.0        # a child up this long gets its backoff reset
+HANG_CHECK_PERIOD_S = 0.5     # heartbeats are read this often (each read maps a stats segment)
+HANG_KILL_GRACE_S = 2.0       # after SIGABRT for a hang, SIGKILL if the child still runs
 MODEL_TYPES = {"flow": "flow_matching", "regression": "regression"}
 
 
@@ -39,6 +44,8 @@ class Child:
     counter: object = None       # stats: restarts.<name>
     pending: object = None       # stats: restart_pending.<name> (1 while waiting to restart)
     gave_up: object = None       # stats: gave_up.<name> (1 after a configuration error)
+    hangs: object = None         # stats: hangs.<name> (killed for a heartbeat too old)
+    kill_at: float | None = None  # SIGKILL then, if SIGABRT for a hang has not ended it
     exits: list = field(default_factory=list)
 
 
@@ -77,10 +84,14 @@ class Supervisor:
             c.counter = stats.counter(f"restarts.{c.name}")
             c.pending = stats.gauge(f"restart_pending.{c.name}", 0.0)
             c.gave_up = stats.gauge(f"gave_up.{c.name}", 0.0)
+            c.hangs = stats.counter(f"hangs.{c.name}")
         self.crashes = stats.counter("crashes")
+        self._next_hang_check = 0.0
 
     def _start(self, child: Child) -> None:
-        child.proc = subprocess.Popen(child.argv, start_new_session=True)
+        # a child must never outlive us (lifeline.py): parent-death signal + liveness check
+        child.proc = subprocess.Popen(child.argv, start_new_session=True, env=lifeline.child_env(),
+                                      preexec_fn=lifeline.parent_death_preexec())
         child.started_at = time.monotonic()
         child.restart_at = None
 
@@ -96,6 +107,36 @@ class Supervisor:
                     self._restart(child)
             elif child.proc is not None and child.restart and child.proc.poll() is not None:
                 self._schedule_restart(child, now)
+            elif child.kill_at is not None and now >= child.kill_at:
+                _kill_group(child.proc.pid, signal.SIGKILL)     # SIGABRT did not end it (e.g. stopped)
+                child.kill_at = float("inf")                    # done; cleared at the restart
+        if now >= self._next_hang_check:
+            self._next_hang_check = now + HANG_CHECK_PERIOD_S
+            self._kill_hung(now)
+
+    def _kill_hung(self, now: float) -> None:
+        """A child that reported up but whose heartbeat is older than supervise.hang_timeout_s
+        (stopped, deadlocked, stuck in a call) is ended, then restarted like a crash: SIGABRT
+        first (Python's faulthandler logs every thread's stack), SIGKILL if that does not work."""
+        from .shm.stats import read_snapshot
+        limit_ms = self.cfg.supervise.hang_timeout_s * 1e3
+        for child in self.children.values():
+            proc = child.proc
+            if child.name == "sim" or proc is None or proc.poll() is not None or child.kill_at is not None:
+                continue
+            try:
+                snap = read_snapshot(self.cfg.instance, child.name, self.cfg.shm.prefix)
+            except ShmError:
+                continue
+            if not (snap["pid"] == proc.pid and snap["alive"] and snap["last_state"] == "up"
+                    and snap["heartbeat_age_ms"] > limit_ms):
+                continue
+            self.log(f"supervisor: {child.name} (pid {proc.pid}) is hung: heartbeat "
+                     f"{snap['heartbeat_age_ms'] / 1e3:.1f} s old (supervise.hang_timeout_s "
+                     f"{self.cfg.supervise.hang_timeout_s:g}); killing it for a restart")
+            child.hangs.inc()
+            _kill_group(proc.pid, signal.SIGABRT)
+            child.kill_at = now + HANG_KILL_GRACE_S
 
     def _schedule_restart(self, child: Child, now: float) -> None:
         code = child.proc.returncode
@@ -116,6 +157,7 @@ class Supervisor:
         self.log(f"supervisor: {child.name} exited with {code}; restart in {child.backoff_s:.1f} s")
 
     def _restart(self, child: Child) -> None:
+        child.kill_at = None
         child.restarts += 1
         child.counter.inc()
         child.pending.set(0.0)
@@ -150,9 +192,17 @@ class Supervisor:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.log(f"supervisor: {name} did not stop in {timeout:.0f} s; killing it")
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_group(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         self.stats.set_state("stopped")
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    """Signal a child's process group (each child leads its own session); gone is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 class RunClock:

@@ -119,6 +119,8 @@ def run_process(prog: str, process: str, argv: list[str], body, extra=None, conf
     restarts it); `config_errors` (e.g. a checkpoint that contradicts the config) and
     configuration errors end it with code 2, which is not restarted: it would not heal.
 
+    A full /dev/shm is one line and EXIT_SHM_FULL (retried rarely, see supervise.py).
+
     Once the body has closed its files and segments, the process exits at once, without
     the interpreter's teardown: with torch loaded that takes ~0.6 s, and a stopping
     pipeline (SIGTERM, or its supervisor gone) should be gone well within a second.
@@ -131,18 +133,21 @@ def run_process(prog: str, process: str, argv: list[str], body, extra=None, conf
 
 
 def _run_process(prog, process, argv, body, extra, config_errors) -> int:
-    from .shm.segment import ShmError
+    from .shm.segment import EXIT_SHM_FULL, ShmError, ShmFull
     args, cfg = parse_args(prog, argv, extra)
     try:
         rt = Runtime(cfg, process)
     except ShmError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_SHM_FULL if isinstance(exc, ShmFull) else 1
     try:
         return body(rt, args)
     except config_errors as exc:
         rt.log.error("configuration error: %s", exc)
         return configmod.EXIT_CONFIG_ERROR
+    except ShmFull as exc:
+        rt.log.error("%s", exc)
+        return EXIT_SHM_FULL
     except (ShmError, OSError) as exc:
         rt.log.error("%s", exc)
         return 1

@@ -18,10 +18,13 @@ action gate judges freshness by it (ingest/clock.py).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import Config
-from .shm.ring import Ring
+from .shm.ring import Ring, ring_footprint, ring_layout
+from .shm.stats import stats_footprint
 
 N_VIEWS = 5
 ROBOT_DIMS = 12
@@ -96,6 +99,19 @@ def results_dtype(horizon: int, action_dim: int) -> np.dtype:
 
 
 
+@dataclass(frozen=True)
+class RingSpec:
+    """One ring of an instance: what its writer creates and how much /dev/shm it takes."""
+    stream: str
+    dtype: object
+    shape: tuple
+    depth: int
+    extras: dict | None = None
+
+    def footprint(self) -> int:
+        return ring_footprint(ring_layout(self.dtype, self.shape, self.depth, self.extras))
+
+
 class Streams:
     """Factory for an instance's rings."""
 
@@ -105,20 +121,35 @@ class Streams:
         self.prefix = cfg.shm.prefix
         self.group = cfg.shm.group
 
-    def _create(self, stream, dtype, shape, depth, extras=None) -> Ring:
-        return Ring.create(self.instance, stream, dtype, shape, depth, prefix=self.prefix,
-                           group=self.group, extras=extras)
+    def _create(self, spec: RingSpec) -> Ring:
+        return Ring.create(self.instance, spec.stream, spec.dtype, spec.shape, spec.depth, prefix=self.prefix,
+                           group=self.group, extras=spec.extras)
 
     def _attach(self, stream, dtype, shape) -> Ring:
         return Ring.attach(self.instance, stream, dtype, shape, prefix=self.prefix)
+
+    def ring_specs(self, vl_dim: int, horizon: int, action_dim: int) -> list[RingSpec]:
+        """Every ring of the instance, as its writer creates it (the create_* methods below)."""
+        return ([self.view_spec(i) for i in range(N_VIEWS)] + [self.jpeg_spec(i) for i in range(N_VIEWS)]
+                + [self.robot_spec(), self.sensor_spec(), self.vl_spec(vl_dim),
+                   self.results_spec(horizon, action_dim)])
+
+    def footprint(self, vl_dim: int, horizon: int, action_dim: int, stats_processes: int) -> tuple[int, int]:
+        """(bytes of /dev/shm, segments) for every ring plus `stats_processes` stats segments."""
+        specs = self.ring_specs(vl_dim, horizon, action_dim)
+        return (sum(spec.footprint() for spec in specs) + stats_processes * stats_footprint(),
+                len(specs) + stats_processes)
 
     # camera
     def frame_shape(self) -> tuple:
         return (self.cfg.camera.height, self.cfg.camera.width, 3)
 
+    def view_spec(self, i: int) -> RingSpec:
+        return RingSpec(view_stream(i), np.uint8, self.frame_shape(), self.cfg.camera.ring_depth,
+                        {"channel_order": self.cfg.camera.channel_order, "view": self.cfg.camera.views[i]})
+
     def create_view(self, i: int) -> Ring:
-        return self._create(view_stream(i), np.uint8, self.frame_shape(), self.cfg.camera.ring_depth,
-                            {"channel_order": self.cfg.camera.channel_order, "view": self.cfg.camera.views[i]})
+        return self._create(self.view_spec(i))
 
     def attach_view(self, i: int) -> Ring:
         ring = self._attach(view_stream(i), np.uint8, self.frame_shape())
@@ -128,22 +159,31 @@ class Streams:
                              f"{self.cfg.camera.channel_order}")
         return ring
 
+    def jpeg_spec(self, i: int) -> RingSpec:
+        return RingSpec(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,), self.cfg.camera.ring_depth)
+
     def create_jpeg(self, i: int) -> Ring:
-        return self._create(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,), self.cfg.camera.ring_depth)
+        return self._create(self.jpeg_spec(i))
 
     def attach_jpeg(self, i: int) -> Ring:
         return self._attach(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,))
 
     # robot, sensor
+    def robot_spec(self) -> RingSpec:
+        return RingSpec("robot", np.float32, (ROBOT_DIMS,), self.cfg.robot.ring_depth)
+
     def create_robot(self) -> Ring:
-        return self._create("robot", np.float32, (ROBOT_DIMS,), self.cfg.robot.ring_depth)
+        return self._create(self.robot_spec())
 
     def attach_robot(self) -> Ring:
         return self._attach("robot", np.float32, (ROBOT_DIMS,))
 
+    def sensor_spec(self) -> RingSpec:
+        return RingSpec("sensor", np.float32, (self.cfg.sensor_channels,), self.cfg.sensor.ring_depth,
+                        {"force_position": self.cfg.sensor.force_position})
+
     def create_sensor(self) -> Ring:
-        return self._create("sensor", np.float32, (self.cfg.sensor_channels,), self.cfg.sensor.ring_depth,
-                            {"force_position": self.cfg.sensor.force_position})
+        return self._create(self.sensor_spec())
 
     def attach_sensor(self) -> Ring:
         ring = self._attach("sensor", np.float32, (self.cfg.sensor_channels,))
@@ -154,14 +194,20 @@ class Streams:
         return ring
 
     # model outputs
+    def vl_spec(self, vl_dim: int) -> RingSpec:
+        return RingSpec("vl_feature", vl_dtype(vl_dim), (), 64)
+
     def create_vl(self, vl_dim: int) -> Ring:
-        return self._create("vl_feature", vl_dtype(vl_dim), (), 64)
+        return self._create(self.vl_spec(vl_dim))
 
     def attach_vl(self, vl_dim: int) -> Ring:
         return self._attach("vl_feature", vl_dtype(vl_dim), ())
 
+    def results_spec(self, horizon: int, action_dim: int) -> RingSpec:
+        return RingSpec("results", results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
+
     def create_results(self, horizon: int, action_dim: int) -> Ring:
-        return self._create("results", results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
+        return self._create(self.results_spec(horizon, action_dim))
 
     def attach_results(self) -> Ring:
         """The recorder does not know H and A: take them from the segment, checking the kind."""

@@ -7,6 +7,11 @@ outlives it (lifeline.py), and on
 SIGINT/SIGTERM or at the end of --duration stops them in order so that files are complete:
 act first (no new results), then the recorder (drains, then finalises its files), then
 vl, the ingest processes, and last the simulators.
+
+Before starting anything it checks that /dev/shm can hold every segment of the instance
+(one line with what is needed and free, exit 2). A child that still cannot get its shared
+memory exits with EXIT_SHM_FULL: it is retried with the longest back-off, and after
+SHM_FULL_TRIES such exits the supervisor stops the pipeline and exits with that status.
 """
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ from dataclasses import dataclass, field
 from . import config as configmod
 from . import lifeline
 from .shm import segment as segmod
-from .shm.segment import ShmError
+from .shm.segment import EXIT_SHM_FULL, ShmError, ShmFull
 from .shm.stats import Stats
 
 POLL_S = 0.1
 HEALTHY_AFTER_S = 30.0        # a child up this long gets its backoff reset
 HANG_CHECK_PERIOD_S = 0.5     # heartbeats are read this often (each read maps a stats segment)
 HANG_KILL_GRACE_S = 2.0       # after SIGABRT for a hang, SIGKILL if the child still runs
+SHM_FULL_TRIES = 3            # starts of a child that end in EXIT_SHM_FULL before the run stops
 MODEL_TYPES = {"flow": "flow_matching", "regression": "regression"}
 
 
@@ -41,9 +47,10 @@ class Child:
     backoff_s: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
+    shm_full_exits: int = 0
     counter: object = None       # stats: restarts.<name>
     pending: object = None       # stats: restart_pending.<name> (1 while waiting to restart)
-    gave_up: object = None       # stats: gave_up.<name> (1 after a configuration error)
+    gave_up: object = None       # stats: gave_up.<name> (1 after a configuration error or /dev/shm full)
     hangs: object = None         # stats: hangs.<name> (killed for a heartbeat too old)
     kill_at: float | None = None  # SIGKILL then, if SIGABRT for a hang has not ended it
     exits: list = field(default_factory=list)
@@ -80,6 +87,7 @@ class Supervisor:
         self.stats = stats
         self.log = log
         self.stopping = False
+        self.failed = ""             # why the run must stop (a child could not get shared memory)
         for c in children:
             c.counter = stats.counter(f"restarts.{c.name}")
             c.pending = stats.gauge(f"restart_pending.{c.name}", 0.0)
@@ -148,13 +156,34 @@ class Supervisor:
             self.log(f"supervisor: {child.name} exited with a configuration error; not restarting it")
             return
         sup = self.cfg.supervise
+        if code == EXIT_SHM_FULL and self._shm_full(child):
+            return
         if now - child.started_at > HEALTHY_AFTER_S:
             child.backoff_s = 0.0
         child.backoff_s = min(max(sup.restart_backoff_s, child.backoff_s * 2), sup.restart_backoff_max_s)
+        if code == EXIT_SHM_FULL:                   # no room now: a quick retry would not find any
+            child.backoff_s = sup.restart_backoff_max_s
         child.restart_at = now + child.backoff_s
         child.pending.set(1.0)
         self.stats.set_state("restarting")
-        self.log(f"supervisor: {child.name} exited with {code}; restart in {child.backoff_s:.1f} s")
+        why = f" (/dev/shm full, try {child.shm_full_exits} of {SHM_FULL_TRIES})" if code == EXIT_SHM_FULL else ""
+        self.log(f"supervisor: {child.name} exited with {code}{why}; restart in {child.backoff_s:.1f} s")
+
+    def _shm_full(self, child: Child) -> bool:
+        """Count a child's exit for want of shared memory; True once the run must stop."""
+        child.shm_full_exits += 1
+        if child.shm_full_exits < SHM_FULL_TRIES:
+            return False
+        child.restart = False
+        child.gave_up.set(1.0)
+        self.failed = (f"{child.name} could not get its shared memory {child.shm_full_exits} times "
+                       "(/dev/shm full); stopping the pipeline")
+        self.log(f"supervisor: {self.failed}")
+        return True
+
+    def start_up_over(self, cfg) -> bool:
+        """Every stage is up, or one gave up (so they never all will be): --duration counts."""
+        return any(not c.restart for c in self.children.values()) or self.all_up(cfg)
 
     def _restart(self, child: Child) -> None:
         child.kill_at = None
@@ -208,7 +237,7 @@ def _kill_group(pgid: int, sig: int) -> None:
 class RunClock:
     """--duration counts from the moment every stage reports up (model loaded, warmed up),
     so `--duration 30` means 30 s of running pipeline; a stage that never comes up does not
-    stretch the run beyond STARTUP_LIMIT_S more."""
+    stretch the run beyond STARTUP_LIMIT_S more, nor at all once a stage gave up."""
 
     STARTUP_LIMIT_S = 120.0
 
@@ -239,13 +268,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_checkpoint(cfg, model_type: str) -> None:
+def _check_checkpoint(cfg, model_type: str):
     from .model import load_checkpoint
     loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
                              sensor_channels=cfg.sensor_channels)
     if loaded.info.model_type != MODEL_TYPES[model_type]:
         raise configmod.ConfigError(f"model.checkpoint {cfg.model.checkpoint} holds a {loaded.info.model_type} "
                                     f"model, but 'run {model_type}' was asked for")
+    return loaded.info
+
+
+def _check_room(cfg, info, children: list[Child]) -> None:
+    """ShmFull unless /dev/shm can hold every ring and stats segment of the instance (sizes
+    from the code that creates them: streams.py, ring.py, stats.py)."""
+    from .streams import Streams
+    stats_processes = len([c for c in children if c.name != "sim"]) + 1     # + the supervisor's
+    needed, count = Streams(cfg).footprint(info.vl_dim, info.horizon, info.action_dim, stats_processes)
+    segmod.check_room(needed, f"instance {cfg.instance!r} ({count} segments)")
 
 
 def _fresh_instance(cfg) -> None:
@@ -268,26 +307,31 @@ def main(argv: list[str]) -> int:
     os.makedirs(args.out, exist_ok=True)
     from .model import CheckpointError
     try:
-        _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children
+        info = _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children
     except (CheckpointError, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return configmod.EXIT_CONFIG_ERROR
+    children = build_children(args, cfg)
     try:
         _fresh_instance(cfg)
+        _check_room(cfg, info, children)           # before anything is created or started
         stats = Stats.create(cfg.instance, "supervisor", prefix=cfg.shm.prefix, group=cfg.shm.group)
+    except ShmFull as exc:
+        print(f"shm-vla run: {exc}", file=sys.stderr)
+        return configmod.EXIT_CONFIG_ERROR
     except ShmError as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return 1
-    sup = Supervisor(cfg, build_children(args, cfg), stats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    sup = Supervisor(cfg, children, stats, log=lambda m: print(m, file=sys.stderr, flush=True))
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))
-    clock = RunClock(args.duration, lambda: sup.all_up(cfg))
+    clock = RunClock(args.duration, lambda: sup.start_up_over(cfg))
     sup.start_all()
     stats.set_state("up")
     print(f"shm-vla run {args.model_type}: instance {cfg.instance}, sessions in {args.out}", file=sys.stderr, flush=True)
     try:
-        while not stop and not clock.expired():
+        while not stop and not sup.failed and not clock.expired():
             sup.watch_once()
             stats.heartbeat()
             time.sleep(POLL_S)
@@ -296,4 +340,4 @@ def main(argv: list[str]) -> int:
         stats.close()
         # every writer has exited: the segments are stale now; the session files hold the data
         segmod.remove_instance(cfg.instance, cfg.shm.prefix)
-    return 0
+    return EXIT_SHM_FULL if sup.failed else 0

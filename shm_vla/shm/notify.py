@@ -6,7 +6,8 @@ need atomic read-modify-write across processes, which Python cannot do, and a lo
 increment there would turn into a missed wake-up). A reader sleeps in FUTEX_WAIT with a timeout
 until the word changes. Futexes on a shared (not PRIVATE) mapping work across processes.
 Lost wake-ups cannot happen: FUTEX_WAIT atomically checks that the word still holds the
-value the reader saw before sleeping.
+value the reader saw before sleeping. FUTEX_WAIT only reads the word, so it works on a
+reader's read-only mapping (readers map segments PROT_READ); only post() writes.
 """
 from __future__ import annotations
 

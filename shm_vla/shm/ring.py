@@ -10,7 +10,8 @@ Record number r lives in slot r % depth. The single writer fills slot `head % de
 Readers copy a range of published records into caller buffers, then check that every
 slot's sequence is even and unchanged and that every slot still holds the record number
 expected: a record torn by a concurrent write, or overwritten since, fails the check and
-the read is retried. Readers never write to shared memory and never block the writer.
+the read is retried. Readers never write to shared memory and never block the writer:
+they map the segment read-only (the futex wait needs only read access).
 Readers touch at most depth - 1 records, so they never wait on the slot being written.
 """
 from __future__ import annotations
@@ -75,6 +76,16 @@ def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None =
     return layout
 
 
+def ring_data_bytes(layout: dict) -> int:
+    """Bytes after the segment header: the control block and every slot."""
+    return CONTROL_BYTES + int(layout["depth"]) * int(layout["stride"])
+
+
+def ring_footprint(layout: dict) -> int:
+    """Bytes of /dev/shm the ring's segment takes (what `shm-vla run` checks before starting)."""
+    return segmod.footprint(ring_data_bytes(layout))
+
+
 @dataclass
 class SinceResult:
     count: int       # records copied
@@ -94,6 +105,9 @@ class Ring:
         self.depth = int(layout["depth"])
         self.stride = int(layout["stride"])
         buf = seg.mm
+        needed = segmod.HEADER_BYTES + ring_data_bytes(layout)
+        if len(buf) < needed:
+            raise segmod.ShmError(f"{seg.name} is {len(buf)} bytes, shorter than its layout needs ({needed})")
         base = segmod.HEADER_BYTES
         self._head = np.ndarray((1,), np.uint64, buffer=buf, offset=base)
         self.futex = Futex(np.ndarray((1,), np.uint32, buffer=buf, offset=base + ALIGN))
@@ -122,8 +136,8 @@ class Ring:
         if depth < 2:
             raise ValueError(f"ring {stream}: depth must be >= 2, got {depth}")
         layout = ring_layout(dtype, shape, depth, extras)
-        data_bytes = CONTROL_BYTES + depth * layout["stride"]
-        seg = segmod.Segment.create(segmod.segment_name(instance, stream, prefix), layout, data_bytes, group=group)
+        seg = segmod.Segment.create(segmod.segment_name(instance, stream, prefix), layout,
+                                    ring_data_bytes(layout), group=group)
         ring = cls(seg, seg.layout())
         if seg.reused:
             ring._repair()
@@ -136,7 +150,7 @@ class Ring:
     @classmethod
     def attach(cls, instance: str, stream: str, dtype=None, shape: tuple | None = None, *,
                prefix: str = segmod.DEFAULT_PREFIX) -> "Ring":
-        seg = segmod.Segment.attach(segmod.segment_name(instance, stream, prefix))
+        seg = segmod.Segment.attach(segmod.segment_name(instance, stream, prefix))   # read-only
         try:
             layout = seg.layout()
             if layout.get("kind") != "ring":

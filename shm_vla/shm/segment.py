@@ -10,6 +10,34 @@ One writer per segment: the writer holds an exclusive ``flock`` on the segment's
 descriptor for its whole life. The kernel drops the lock when the writer dies, however it
 dies, so a second writer is refused while the first lives and a stale segment (left by a
 dead writer) is re-initialised by the next one. Readers never lock anything.
+
+No half-made segment: /dev/shm is a tmpfs, where a page is allocated when it is first
+touched, and touching one when the tmpfs is full is SIGBUS, in whichever process touches
+it. So a segment is created in one step that either completes or leaves nothing:
+
+* the pages are allocated before the size becomes visible: ``posix_fallocate`` on the
+  empty object allocates every page and only then sets the size (tmpfs gives back what it
+  allocated when it fails), so a segment is either 0 bytes long or complete with its pages
+  (there is no ``ftruncate`` first, which would make a full-length object without pages);
+* the header is published last (the magic is written last): readers refuse a segment
+  without it ("being initialised") and retry;
+* on any failure after the writer took the lock (no room, a bad group, a layout too long)
+  the name is unlinked, so the next writer or reader never finds a broken object.
+
+Why not build under a temporary name and rename it into place? A restarted writer must
+take a stale segment over *in place* (readers stay attached to the same object), so the
+final name is where the lock lives anyway; a second name would need its own protocol
+against racing writers (rename replaces an existing name), and a writer killed while
+building would leave a full-size temporary that nobody owns. Here a writer killed at any
+point leaves either an empty object or a complete one with an unpublished header; both
+hold a free lock, so the next writer re-initialises them and ``shm clean`` removes them.
+
+Readers never add pages: a reader maps only a segment that is fully allocated (its
+allocated blocks cover its size) and at least as long as its header says, and maps it
+read-only (PROT_READ from an O_RDONLY descriptor); a segment that is not is refused with
+one clear error, never a SIGBUS. (On tmpfs even a read of a missing page allocates one,
+so read-only alone would not be enough.) ``free_bytes`` and ``footprint`` let a launcher
+check before it starts anything that /dev/shm can hold every segment of an instance.
 """
 from __future__ import annotations
 
@@ -65,7 +93,13 @@ class WriterBusy(ShmError):
 
 
 class ShmFull(ShmError):
-    pass
+    """/dev/shm cannot hold a segment: a process exits with EXIT_SHM_FULL, not 1."""
+
+
+# The exit status of a process that could not get its shared memory (sysexits EX_TEMPFAIL).
+# Not 1: restarting at once cannot help, so the supervisor retries it only a few times, with
+# its longest back-off, and the systemd units do not restart it (RestartPreventExitStatus).
+EXIT_SHM_FULL = 75
 
 
 def segment_name(instance: str, stream: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -121,34 +155,42 @@ class Segment:
         A stale segment with the same layout and size is kept (same object, so readers
         stay attached and the data stays readable); ``reused`` is then True and the caller
         repairs what a mid-write death may have left. Any other stale segment is replaced.
+        Create, reserve and publish are one step: on any failure the name is unlinked.
         """
+        text = _layout_text(name, layout)
         total = HEADER_BYTES + int(data_bytes)
         mode = 0o660 if group else 0o600
         for _ in range(3):
             fd = posix_ipc.SharedMemory(name, posix_ipc.O_CREAT, mode=mode, size=0).fd
             try:
                 _lock_writer(fd, name, lock_timeout_s)
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                if not _is_current(name, fd):      # replaced while we waited for its lock
+                    os.close(fd)
+                    continue
+                # From here on this process is the one writer of the object under the name.
                 size = os.fstat(fd).st_size
                 if size not in (0, total) or (size and not _same_layout(fd, layout)):
-                    posix_ipc.unlink_shared_memory(name)  # stale and different: start afresh
+                    _unlink_if_current(name, fd)   # stale and different: start afresh
                     os.close(fd)
                     continue
                 _set_permissions(fd, mode, group)
-                _reserve(fd, name, total)
+                _reserve(fd, name, total)          # the size appears only with every page
                 mm = _map(fd, total, writable=True)
             except BaseException:
+                _unlink_if_current(name, fd)       # never leave a half-made segment behind
                 os.close(fd)
                 raise
             seg = cls(name, fd, mm, writer=True)
             seg.reused = size == total
-            seg._init_header(layout, total)
+            seg._init_header(text, total)          # publishes: the magic goes last
             return seg
         raise ShmError(f"{name}: could not create the segment (it keeps being replaced)")
 
-    def _init_header(self, layout: dict, total: int) -> None:
-        text = json.dumps(layout, sort_keys=True).encode()
-        if len(text) > LAYOUT_JSON_BYTES:
-            raise ShmError(f"{self.name}: layout description too long ({len(text)} bytes)")
+    def _init_header(self, text: bytes, total: int) -> None:
         h = self.header
         previous_generation = int(h["generation"]) if bytes(h["magic"]) == MAGIC else 0
         h["magic"] = b""  # invalid while (re)initialising: readers refuse a half-made header
@@ -164,11 +206,13 @@ class Segment:
         h["magic"] = MAGIC
 
     @classmethod
-    def attach(cls, name: str, layout: dict | None = None, *, read_only: bool = False) -> "Segment":
+    def attach(cls, name: str, layout: dict | None = None, *, read_only: bool = True) -> "Segment":
         """Map an existing segment as a reader; check its layout if given.
 
-        ``read_only`` maps it PROT_READ from an O_RDONLY descriptor: observers (stat, ls)
-        then cannot disturb the pipeline even by mistake.
+        Readers map read-only by default (PROT_READ from an O_RDONLY descriptor): they
+        never write shared memory, and observers (stat, ls) cannot disturb the pipeline
+        even by mistake. A segment that is not fully allocated, or shorter than its header
+        says, is refused with one clear error (mapping it could SIGBUS, or grow it).
         """
         try:
             shm = posix_ipc.SharedMemory(name, 0, read_only=read_only)
@@ -179,16 +223,18 @@ class Segment:
             raise ShmError(f"no permission to open {name} (segments are 0600/0660)") from None
         fd = shm.fd
         try:
-            size = os.fstat(fd).st_size
-            if size < HEADER_BYTES:
-                raise ShmError(f"{name} is not initialised yet ({size} bytes)")
-            mm = _map(fd, size, writable=not read_only)
+            size = _check_complete(fd, name)
+            # populate the page tables now only where that cannot add a page to the segment
+            mm = _map(fd, size, writable=not read_only, populate=read_only)
         except BaseException:
             os.close(fd)
             raise
         seg = cls(name, fd, mm, writer=False)
         try:
             seg.check_layout(layout)
+            if int(seg.header["total_bytes"]) > size:
+                raise ShmError(f"{name} is {size} bytes, shorter than its header says "
+                               f"({int(seg.header['total_bytes'])}); refusing it")
         except BaseException:
             seg.close()
             raise
@@ -256,11 +302,47 @@ class Segment:
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def _map(fd: int, size: int, writable: bool) -> mmap.mmap:
-    """Map shared, with the page tables populated now (MAP_POPULATE): the first records
-    then pay no page faults, which would otherwise land on the first frames' latency."""
+def _map(fd: int, size: int, writable: bool, populate: bool = True) -> mmap.mmap:
+    """Map shared, by default with the page tables populated now (MAP_POPULATE): the first
+    records then pay no page faults, which would otherwise land on the first frames' latency.
+    Only for a segment whose pages all exist: populating a hole allocates a page."""
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=prot)
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | (_POPULATE if populate else 0), prot=prot)
+
+
+def _check_complete(fd: int, name: str) -> int:
+    """The size of a segment a reader may map: initialised and with every page allocated."""
+    st = os.fstat(fd)
+    if st.st_size < HEADER_BYTES:
+        raise ShmError(f"{name} is not initialised yet ({st.st_size} bytes)")
+    allocated = st.st_blocks * 512
+    if allocated < st.st_size:
+        raise ShmError(f"{name} is not fully allocated ({allocated} of {st.st_size} bytes: a half-made "
+                       "segment, e.g. from a full /dev/shm); refusing to map it")
+    return st.st_size
+
+
+def _layout_text(name: str, layout: dict) -> bytes:
+    text = json.dumps(layout, sort_keys=True).encode()
+    if len(text) > LAYOUT_JSON_BYTES:
+        raise ShmError(f"{name}: layout description too long ({len(text)} bytes)")
+    return text
+
+
+def _is_current(name: str, fd: int) -> bool:
+    """True while the name still refers to the object open on fd."""
+    try:
+        return (SHM_DIR / name.lstrip("/")).stat().st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _unlink_if_current(name: str, fd: int) -> None:
+    if _is_current(name, fd):
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            pass
 
 
 def _lock_writer(fd: int, name: str, timeout_s: float) -> None:
@@ -309,16 +391,43 @@ def _set_permissions(fd: int, mode: int, group: str) -> None:
 
 
 def _reserve(fd: int, name: str, total: int) -> None:
-    """Allocate real pages now: a sparse tmpfs file would SIGBUS on first write when full."""
+    """Allocate every page now, and only then let the size appear (no ftruncate first).
+
+    A sparse tmpfs object would SIGBUS on the first touch of a page when /dev/shm is full;
+    posix_fallocate on tmpfs allocates all pages or none, and sets the size on success.
+    """
     try:
-        if os.fstat(fd).st_size != total:
-            os.ftruncate(fd, total)
         os.posix_fallocate(fd, 0, total)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.ENOMEM):
             raise ShmFull(f"cannot reserve {total} bytes for {name}: /dev/shm is full "
-                          f"({os.strerror(exc.errno)})") from None
+                          f"({free_bytes()} bytes free; {os.strerror(exc.errno)})") from None
         raise
+
+
+def footprint(data_bytes: int) -> int:
+    """Bytes of /dev/shm that a segment with `data_bytes` after its header takes (whole pages)."""
+    total = HEADER_BYTES + int(data_bytes)
+    return -(-total // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+def free_bytes() -> int:
+    """Bytes that /dev/shm can still allocate."""
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(needed_bytes: int, what: str) -> None:
+    """ShmFull unless /dev/shm can hold `needed_bytes` more (one line: needed and free)."""
+    free = free_bytes()
+    if needed_bytes > free:
+        raise ShmFull(f"/dev/shm has {_mib(free)} free, {what} needs {_mib(needed_bytes)} "
+                      f"({needed_bytes} bytes); free some (shm-vla shm ls, df /dev/shm) or "
+                      "enlarge it (mount -o remount,size=... /dev/shm)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 # ---------------------------------------------------------------------- listing

@@ -31,8 +31,20 @@ ENTRY_DTYPE = np.dtype([("name", f"S{NAME_BYTES}"), ("kind", "<u8"), ("value", "
 assert PROCESS_DTYPE.itemsize == 128 and ENTRY_DTYPE.itemsize == 64
 
 
+DEFAULT_MAX_ENTRIES = 256
+
+
 def stats_stream(process: str) -> str:
     return f"stats.{process}"
+
+
+def stats_data_bytes(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
+    return PROCESS_DTYPE.itemsize + max_entries * ENTRY_DTYPE.itemsize
+
+
+def stats_footprint(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
+    """Bytes of /dev/shm one process's stats segment takes."""
+    return segmod.footprint(stats_data_bytes(max_entries))
 
 
 class Counter:
@@ -78,12 +90,11 @@ class Stats:
         self._index: dict[str, int] = {}
 
     @classmethod
-    def create(cls, instance: str, process: str, *, max_entries: int = 256,
+    def create(cls, instance: str, process: str, *, max_entries: int = DEFAULT_MAX_ENTRIES,
                prefix: str = segmod.DEFAULT_PREFIX, group: str = "") -> "Stats":
         layout = {"kind": "stats", "process": process, "max_entries": max_entries}
-        data_bytes = PROCESS_DTYPE.itemsize + max_entries * ENTRY_DTYPE.itemsize
         seg = segmod.Segment.create(segmod.segment_name(instance, stats_stream(process), prefix),
-                                    layout, data_bytes, group=group)
+                                    layout, stats_data_bytes(max_entries), group=group)
         stats = cls(seg, max_entries)
         stats.proc["n_entries"] = 0
         stats.proc["pid"] = os.getpid()
@@ -133,6 +144,8 @@ def read_snapshot(instance: str, process: str, prefix: str = segmod.DEFAULT_PREF
         layout = seg.layout()
         if layout.get("kind") != "stats":
             raise segmod.LayoutMismatch(f"{seg.name}: not a stats segment")
+        if len(seg.mm) < segmod.HEADER_BYTES + stats_data_bytes(int(layout["max_entries"])):
+            raise segmod.ShmError(f"{seg.name} is shorter than its layout needs")
         base = segmod.HEADER_BYTES
         proc = np.ndarray((), PROCESS_DTYPE, buffer=seg.mm, offset=base).copy()
         n = min(int(proc["n_entries"]), int(layout["max_entries"]))

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from shm_vla import cli, config
+from shm_vla.shm.segment import EXIT_SHM_FULL
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "systemd"
@@ -194,7 +195,7 @@ def test_process_unit_is_bound_notify_watchdog_restart(name):
     assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
     assert float(service["WatchdogSec"][0]) > 0
     assert service["Restart"] == ["on-failure"] and float(service["RestartSec"][0]) > 0
-    assert service["RestartPreventExitStatus"] == [str(config.EXIT_CONFIG_ERROR)]
+    assert words(unit, "Service", "RestartPreventExitStatus") == [str(config.EXIT_CONFIG_ERROR), str(EXIT_SHM_FULL)]
     assert service["User"] == ["shm-vla"] and service["Group"] == ["shm-vla"]
     assert service["RemoveIPC"] == ["no"]
     assert int(service["UMask"][0], 8) & 0o007 == 0o007  # nothing for other users

@@ -193,3 +193,50 @@ def test_shm_ls_and_clean_cli(instance):
     ring.close()
     out = subprocess.run(run + ["clean", "--instance", instance], capture_output=True, text=True, timeout=30).stdout
     assert "1 stale segment(s) removed" in out
+
+
+def test_reader_maps_read_only_and_futex_wait_works_there(instance):
+    import threading
+    w = Ring.create(instance, "ro", np.float32, (4,), 4)
+    r = Ring.attach(instance, "ro", np.float32, (4,))
+    with pytest.raises(ValueError, match="read-only"):
+        r.payload[0, 0] = 1.0                        # a reader cannot write shared memory
+    with pytest.raises(TypeError):
+        r.seg.mm[0] = 0                              # not even through the map itself
+    timer = threading.Timer(0.2, lambda: w.write(np.ones(4, np.float32)))
+    timer.start()
+    assert r.wait(0, timeout_s=10.0)                 # FUTEX_WAIT on a PROT_READ mapping
+    timer.join()
+    out = np.zeros((1, 4), np.float32)
+    assert r.latest(out) == 0 and out[0, 0] == 1.0
+    r.close()
+    w.close()
+
+
+def test_footprint_is_what_the_writers_allocate(instance):
+    """The sizes `shm-vla run` checks before starting are the pages the rings really take."""
+    from shm_vla import config
+    from shm_vla.shm.stats import Stats, stats_footprint
+    from shm_vla.streams import N_VIEWS, Streams
+    cfg = config.load(instance, None, ["camera.width=64", "camera.height=36", "camera.ring_depth=4",
+                                       "camera.jpeg_max_bytes=8192", "sensor.ring_depth=256",
+                                       "robot.ring_depth=128", "shm.results_depth=32"])
+    streams = Streams(cfg)
+    rings = ([streams.create_view(i) for i in range(N_VIEWS)] + [streams.create_jpeg(i) for i in range(N_VIEWS)]
+             + [streams.create_robot(), streams.create_sensor(), streams.create_vl(48), streams.create_results(8, 7)])
+    stats = Stats.create(instance, "act")
+    try:
+        specs = streams.ring_specs(48, 8, 7)
+        assert sorted(s.stream for s in specs) == sorted(r.name.rsplit(".", 1)[1] for r in rings)
+        def allocated(stream):
+            return os.stat(f"/dev/shm/shm-vla.{instance}.{stream}").st_blocks * 512
+        for spec in specs:
+            assert allocated(spec.stream) == spec.footprint(), spec.stream
+        assert allocated("stats.act") == stats_footprint()
+        total, count = streams.footprint(48, 8, 7, stats_processes=1)
+        assert count == len(rings) + 1
+        assert total == sum(allocated(s.stream) for s in specs) + allocated("stats.act")
+    finally:
+        stats.close()
+        for ring in rings:
+            ring.close()

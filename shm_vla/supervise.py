@@ -209,6 +209,15 @@ def _fresh_instance(cfg) -> None:
     segmod.remove_instance(cfg.instance, cfg.shm.prefix)
 
 
+def _check_before_start(cfg) -> None:
+    """What would stop a child with a configuration error, found before any child starts:
+    an input port another program holds, a group this user cannot give files to."""
+    from .ingest.listen import check_ports_free
+    check_ports_free(cfg)
+    configmod.check_member("shm.group", cfg.shm.group)
+    configmod.check_member("record.group", cfg.record.group)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.checkpoint:
@@ -224,7 +233,11 @@ def main(argv: list[str]) -> int:
         return configmod.EXIT_CONFIG_ERROR
     try:
         _fresh_instance(cfg)
+        _check_before_start(cfg)
         stats = Stats.create(cfg.instance, "supervisor", prefix=cfg.shm.prefix, group=cfg.shm.group)
+    except configmod.ConfigError as exc:
+        print(f"shm-vla run: {exc}", file=sys.stderr)
+        return configmod.EXIT_CONFIG_ERROR
     except ShmError as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return 1

@@ -9,8 +9,8 @@ as the input error `rejected_sender` (shown by shm-vla-stat) and logged at a bou
   are cached per address (bounded), so the cost per datagram is one dict lookup.
 - ZeroMQ (camera): `ZapHandler`, a thread answering ZeroMQ's authentication requests
   (ZAP, RFC 27) on inproc://zeromq.zap.01 for the PULL socket, which asks it once per
-  connection: a refused peer never gets a message in, and is counted once per attempt
-  (ZeroMQ peers reconnect every 100 ms by default).
+  connection: a refused peer never gets a message in, and is counted once per connection
+  attempt (libzmq 4.3 peers do not retry after a refusal until they are restarted).
 """
 from __future__ import annotations
 

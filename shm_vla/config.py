@@ -6,12 +6,20 @@ Resolution order (later wins):
   3. ``--set section.key=value`` overrides from the command line (values parsed as TOML).
 
 Every key is checked: an unknown key or a value of the wrong type is a ConfigError,
-which the CLI prints as one line and exits with code 2.
+which the CLI prints as one line and exits with code 2. Beyond types: no float is NaN or
+infinite, every address parses, every allowlist entry is an IPv4 address or network, and
+every safety key (SAFETY_CEILINGS) is positive and within its hard ceiling. `from_args`
+also checks what depends on this machine (the groups named exist), so a process with a
+bad configuration stops before it creates anything.
 """
 from __future__ import annotations
 
 import dataclasses
+import grp
+import ipaddress
+import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +51,7 @@ class ShmConfig:
 @dataclass
 class CameraConfig:
     bind: str = "tcp://0.0.0.0:5555"
+    allow: list = field(default_factory=list)   # sender IPv4 addresses/networks; empty: any sender
     rcvhwm: int = 200                  # messages; bursts of all 5 cameras fit many times
     width: int = 640
     height: int = 360
@@ -70,6 +79,7 @@ class RobotConfig:
 @dataclass
 class SensorConfig:
     bind: str = "0.0.0.0:9999"
+    allow: list = field(default_factory=list)   # sender IPv4 addresses/networks; empty: any sender
     rate_hz: float = 650.0
     ascan_len: int = 1025
     window: int = 65                   # records the model sees (100 ms)
@@ -137,6 +147,7 @@ class RecordConfig:
     out_dir: str = "sessions"
     save_data: bool = False
     flush_every: int = 10
+    group: str = ""                    # if set, session directories and files belong to this group
 
 
 @dataclass
@@ -196,6 +207,40 @@ _POSITIVE = {
 }
 
 
+@dataclass(frozen=True)
+class Ceiling:
+    """The hard upper limit of a safety key (docs/DEPLOYMENT.md, "Safety limits")."""
+    limit: float
+    unit: str
+    per_tick: bool = False     # the limit is per second: value x act.tick_hz must stay within it
+
+
+# Safety keys: each must be finite, > 0 and within its ceiling; anything else is a
+# configuration error. Adding a safety key is one line here (and one row in the docs).
+SAFETY_CEILINGS = {
+    # A tick faster than the robot state (100 Hz) acts again on a state it has already acted on.
+    # (First: the clamps' ceilings below depend on it.)
+    ("act", "tick_hz"): Ceiling(100.0, "Hz"),
+    # The robot's command receiver moves at most 1 mm/s and 1 deg/s per axis: 0.1 per tick at
+    # 10 Hz, the default. Checked as clamp x tick_hz, so a faster tick needs a smaller clamp.
+    ("act", "clamp_mm"): Ceiling(1.0, "mm/s", per_tick=True),
+    ("act", "clamp_deg"): Ceiling(1.0, "deg/s", per_tick=True),
+    # Feedback inputs: at 1 mm/s the needle moves at most 0.5 mm (5 ticks) past the newest
+    # sample the gate accepts.
+    ("act", "max_sensor_age_ms"): Ceiling(500.0, "ms"),
+    ("act", "max_robot_age_ms"): Ceiling(500.0, "ms"),
+    # Scene context, refreshed every vl_reuse ticks (0.4 s): a feature 5 s old means a broken
+    # VL process, not a slow one.
+    ("act", "max_vl_age_ms"): Ceiling(5000.0, "ms"),
+    # The frames behind that feature, by capture time: the feature's own age limit plus a
+    # camera period and an encode, no more.
+    ("act", "max_frame_age_ms"): Ceiling(6000.0, "ms"),
+    # A hung process is restarted after this; longer than a minute is no supervision.
+    ("supervise", "hang_timeout_s"): Ceiling(60.0, "s"),
+}
+_CEILING_SLACK = 1e-9          # 0.1 x 10.0 must pass however it rounds
+
+
 def _coerce(where: str, value: Any, annotation: Any) -> Any:
     """Check a TOML value against a field's annotation; ints are accepted for floats."""
     kind = annotation if isinstance(annotation, type) else typing.get_origin(annotation) or annotation
@@ -224,12 +269,114 @@ def _apply(obj: Any, table: dict, path: str) -> None:
             setattr(obj, key, _coerce(where, value, fields[key].type))
 
 
+def _check_finite(cfg: Config) -> None:
+    """No float anywhere (a key, or an item of a list) may be NaN or infinite."""
+    for path, value in _leaves(cfg, ""):
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ConfigError(f"config key {path}: {value!r} is not finite")
+
+
+def _leaves(obj: Any, path: str):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{path}{f.name}.")
+        else:
+            yield f"{path}{f.name}", value
+
+
+def _check_safety(cfg: Config) -> None:
+    tick_hz = cfg.act.tick_hz
+    for (section, key), ceiling in SAFETY_CEILINGS.items():
+        value = getattr(getattr(cfg, section), key)
+        where = f"config key {section}.{key}"
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"{where}: must be > 0, got {value!r}")
+        if ceiling.per_tick:
+            if value * tick_hz > ceiling.limit * (1 + _CEILING_SLACK):
+                per_tick = ceiling.unit.removesuffix("/s")
+                raise ConfigError(f"{where}: {value:g} {per_tick} per tick at act.tick_hz {tick_hz:g} is "
+                                  f"{value * tick_hz:g} {ceiling.unit}, over the hard ceiling of "
+                                  f"{ceiling.limit:g} {ceiling.unit} (at most {ceiling.limit / tick_hz:g} "
+                                  f"{per_tick} per tick)")
+        elif value > ceiling.limit:
+            raise ConfigError(f"{where}: {value:g} {ceiling.unit} is over the hard ceiling of "
+                              f"{ceiling.limit:g} {ceiling.unit}")
+
+
+# --------------------------------------------------------------------------- addresses
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+ALL_INTERFACES = ("0.0.0.0", "*")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _host_port(key: str, address: str, form: str, host_ok, scheme: str = "") -> tuple[str, int]:
+    host, sep, port = address[len(scheme):].rpartition(":")
+    if not (address.startswith(scheme) and sep and host_ok(host) and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"config key {key}: {address!r} is not {form}")
+    return host, int(port)
+
+
+def zmq_bind_address(key: str, endpoint: str) -> tuple[str, int]:
+    """'tcp://HOST:PORT' with HOST an IPv4 address or * -> (host, port)."""
+    form = "tcp://HOST:PORT (HOST an IPv4 address or *, PORT 1-65535)"
+    return _host_port(key, endpoint, form, lambda h: h == "*" or _is_ipv4(h), scheme="tcp://")
+
+
+def udp_bind_address(key: str, address: str) -> tuple[str, int]:
+    """'HOST:PORT' with HOST an IPv4 address (0.0.0.0: every interface) -> (host, port)."""
+    return _host_port(key, address, "HOST:PORT (HOST an IPv4 address, PORT 1-65535)", _is_ipv4)
+
+
+def _check_connect(key: str, cfg: Config, template: str) -> None:
+    try:
+        endpoint = cfg.address(template)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"config key {key}: {template!r}: only {{robot_ip}} may be filled in") from None
+    form = "tcp://HOST:PORT (HOST an IPv4 address or a host name, PORT 1-65535)"
+    _host_port(key, endpoint, form, lambda h: _is_ipv4(h) or bool(_HOSTNAME.fullmatch(h)), scheme="tcp://")
+
+
+def allowed_networks(key: str, entries: list) -> tuple:
+    """An allowlist ['192.168.1.20', '10.0.0.0/24'] -> IPv4 networks; [] -> () (any sender)."""
+    networks = []
+    for entry in entries:
+        try:
+            if not isinstance(entry, str):
+                raise TypeError("not a string")
+            networks.append(ipaddress.IPv4Network(entry))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config key {key}: {entry!r} is not an IPv4 address or network ({exc})") from None
+    return tuple(networks)
+
+
+def _check_addresses(cfg: Config) -> None:
+    if not (_is_ipv4(cfg.robot_ip) or _HOSTNAME.fullmatch(cfg.robot_ip)):
+        raise ConfigError(f"config key robot_ip: {cfg.robot_ip!r} is not an IPv4 address or a host name")
+    zmq_bind_address("camera.bind", cfg.camera.bind)
+    udp_bind_address("sensor.bind", cfg.sensor.bind)
+    _check_connect("robot.connect", cfg, cfg.robot.connect)
+    _check_connect("command.connect", cfg, cfg.command.connect)
+    allowed_networks("camera.allow", cfg.camera.allow)
+    allowed_networks("sensor.allow", cfg.sensor.allow)
+
+
 def validate(cfg: Config) -> Config:
     """Cross-field and range checks; raises ConfigError naming the key."""
     for (section, key), allowed in _CHOICES.items():
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"config key {section}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    _check_finite(cfg)
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if not dataclasses.is_dataclass(section):
@@ -244,7 +391,34 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("config key command.start_joints: 6 values are required")
     if not cfg.instance or "/" in cfg.instance or "." in cfg.instance:
         raise ConfigError(f"config key instance: {cfg.instance!r} must be non-empty without '/' or '.'")
+    _check_safety(cfg)
+    _check_addresses(cfg)
     return cfg
+
+
+# --------------------------------------------------------------------------- this machine
+def group_id(key: str, name: str) -> int | None:
+    """The gid of the group a key names (None for ""); a missing group is a ConfigError."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"config key {key}: group {name!r} does not exist on this machine") from None
+
+
+def check_host(cfg: Config) -> Config:
+    """What depends on this machine: the groups named exist (before any segment is made)."""
+    group_id("shm.group", cfg.shm.group)
+    group_id("record.group", cfg.record.group)
+    return cfg
+
+
+def check_member(key: str, name: str) -> None:
+    """This process may give files to the group (it is a member, or root)."""
+    gid = group_id(key, name)
+    if gid is not None and os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ConfigError(f"config key {key}: this user is not a member of group {name!r}")
 
 
 def _parse_override(text: str) -> dict:
@@ -299,9 +473,10 @@ def add_arguments(parser) -> None:
 
 
 def from_args(args) -> Config:
-    """Config from parsed argparse args; on error print one line and exit 2."""
+    """Config from parsed argparse args, checked against this machine; on error print one
+    line and exit 2."""
     try:
-        return load(args.instance, args.config, args.overrides)
+        return check_host(load(args.instance, args.config, args.overrides))
     except ConfigError as exc:
         print(f"shm-vla: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG_ERROR) from None

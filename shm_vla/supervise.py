@@ -298,6 +298,15 @@ def _fresh_instance(cfg) -> None:
     segmod.remove_instance(cfg.instance, cfg.shm.prefix)
 
 
+def _check_before_start(cfg) -> None:
+    """What would stop a child with a configuration error, found before any child starts:
+    an input port another program holds, a group this user cannot give files to."""
+    from .ingest.listen import check_ports_free
+    check_ports_free(cfg)
+    configmod.check_member("shm.group", cfg.shm.group)
+    configmod.check_member("record.group", cfg.record.group)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.checkpoint:
@@ -314,9 +323,10 @@ def main(argv: list[str]) -> int:
     children = build_children(args, cfg)
     try:
         _fresh_instance(cfg)
+        _check_before_start(cfg)                   # ports free, groups usable
         _check_room(cfg, info, children)           # before anything is created or started
         stats = Stats.create(cfg.instance, "supervisor", prefix=cfg.shm.prefix, group=cfg.shm.group)
-    except ShmFull as exc:
+    except (ShmFull, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return configmod.EXIT_CONFIG_ERROR
     except ShmError as exc:

@@ -7,6 +7,7 @@ counted), so a burst or flood never queues stale frames and memory stays bounded
 Decoder threads (libjpeg-turbo releases the GIL) own fixed views, so each ring keeps a
 single writer, and decode straight into the ring slot. The received JPEG bytes go to the
 view's jpeg ring (for recording without re-encoding) after a successful decode.
+With `camera.allow` set, a ZAP handler (senders.py) admits only the listed senders.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ import time
 import numpy as np
 import zmq
 
+from .. import config as configmod
 from ..protocol import camera as proto
 from ..protocol.errors import ProtocolError
 from ..process import Runtime
 from ..shm.ring import CAPTURE_UNKNOWN_NS, LABEL_BYTES
 from ..streams import N_VIEWS, Streams
 from .clock import ClockOffset
+from .listen import in_use
 from .meter import IngestMeter
+from .senders import ZAP_DOMAIN, ZapHandler, allowlist
 
 POLL_TIMEOUT_MS = 100
 DRAIN_MAX = 64
@@ -184,12 +188,38 @@ class CameraIngest:
             self.meter.stored(1, frame.capture_ts, frame.latency_s)
 
 
-def open_socket(ctx: zmq.Context, address: str, rcvhwm: int) -> zmq.Socket:
+def open_socket(ctx: zmq.Context, address: str, rcvhwm: int, authenticate: bool = False) -> zmq.Socket:
+    """The PULL socket; `authenticate`: every connection is put to the context's ZAP handler.
+    A port already in use is a ConfigError."""
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, rcvhwm)
     pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(address)
+    if authenticate:
+        pull.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    try:
+        pull.bind(address)
+    except zmq.ZMQError as exc:
+        pull.close(0)
+        raise in_use("camera.bind", address, configmod.zmq_bind_address("camera.bind", address)[1], exc) from None
     return pull
+
+
+def open_input(ctx: zmq.Context, rt: Runtime, ingest: CameraIngest) -> tuple[zmq.Socket, ZapHandler | None]:
+    """The PULL socket and, with camera.allow set, the ZAP handler that guards it (started
+    before the socket binds, so that no connection escapes it)."""
+    cam = rt.cfg.camera
+    host = configmod.zmq_bind_address("camera.bind", cam.bind)[0]
+    senders = allowlist(rt.log, "camera.allow", cam.allow, cam.bind, host)
+    zap = None
+    if senders is not None:
+        zap = ZapHandler(ctx, senders, lambda peer: ingest._error("rejected_sender", f"connection from {peer}"))
+        zap.start()
+    try:
+        return open_socket(ctx, cam.bind, cam.rcvhwm, authenticate=zap is not None), zap
+    except BaseException:
+        if zap is not None:
+            zap.stop()
+        raise
 
 
 def run(rt: Runtime) -> int:
@@ -198,7 +228,7 @@ def run(rt: Runtime) -> int:
     view_rings = [streams.create_view(i) for i in range(N_VIEWS)]
     jpeg_rings = [streams.create_jpeg(i) for i in range(N_VIEWS)]
     ingest = CameraIngest(rt, view_rings, jpeg_rings)
-    pull = open_socket(zmq.Context.instance(), cfg.camera.bind, cfg.camera.rcvhwm)
+    pull, zap = open_input(zmq.Context.instance(), rt, ingest)
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     ingest.start()
@@ -219,6 +249,8 @@ def run(rt: Runtime) -> int:
     finally:
         ingest.stop()
         pull.close(0)
+        if zap is not None:
+            zap.stop()
         for ring in view_rings + jpeg_rings:
             ring.close()
     return 0

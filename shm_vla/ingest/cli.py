@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ..config import ConfigError
 from ..process import run_process
 
 KINDS = ("camera", "robot", "sensor")
@@ -16,4 +17,6 @@ def main(argv: list[str]) -> int:
         return 2
     kind = argv[0]
     module = importlib.import_module(f"shm_vla.ingest.{kind}")
-    return run_process(f"shm-vla ingest {kind}", f"ingest-{kind}", argv[1:], lambda rt, args: module.run(rt))
+    # ConfigError from a run: a listening port that another program holds (exit 2, not restarted)
+    return run_process(f"shm-vla ingest {kind}", f"ingest-{kind}", argv[1:], lambda rt, args: module.run(rt),
+                       config_errors=(ConfigError,))

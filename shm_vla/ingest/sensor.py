@@ -3,7 +3,9 @@
 One wake-up drains up to `batch_max_datagrams` datagrams. Each datagram is parsed as a
 zero-copy structured view of the receive buffer, checked for NaN/Inf (vectorised), and
 each record is written into its ring slot in model order (force first or last).
-Kernel-side drops (receive buffer overflow) are read from SO_RXQ_OVFL.
+Kernel-side drops (receive buffer overflow) are read from SO_RXQ_OVFL. With `sensor.allow`
+set, a datagram from another source address is counted (`rejected_sender`) and dropped
+before it is parsed (senders.py).
 """
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ import time
 
 import numpy as np
 
+from .. import config as configmod
 from ..protocol import sensor as proto
 from ..protocol.errors import ProtocolError
 from ..process import Runtime
 from ..shm.ring import CAPTURE_UNKNOWN_NS
 from ..streams import Streams
 from .clock import ClockOffset
+from .listen import in_use
 from .meter import IngestMeter
+from .senders import allowlist
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 POLL_TIMEOUT_MS = 100
@@ -29,7 +34,8 @@ _ANC_BYTES = socket.CMSG_SPACE(4)
 
 
 def open_socket(bind: str, rcvbuf_bytes: int, log=None) -> socket.socket:
-    host, _, port = bind.rpartition(":")
+    """The UDP socket; a port already in use is a ConfigError."""
+    host, port = configmod.udp_bind_address("sensor.bind", bind)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
     # Linux caps the request at net.core.rmem_max (and reports double the usable size)
@@ -39,7 +45,11 @@ def open_socket(bind: str, rcvbuf_bytes: int, log=None) -> socket.socket:
                     "(sysctl -w net.core.rmem_max=%d) so bursts are not dropped", granted, rcvbuf_bytes,
                     rcvbuf_bytes)
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-    sock.bind((host, int(port)))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise in_use("sensor.bind", bind, port, exc) from None
     sock.setblocking(False)
     return sock
 
@@ -127,6 +137,8 @@ def run(rt: Runtime) -> int:
     cfg = rt.cfg.sensor
     ring = Streams(rt.cfg).create_sensor()
     ingest = SensorIngest(rt, ring)
+    host = configmod.udp_bind_address("sensor.bind", cfg.bind)[0]
+    senders = allowlist(rt.log, "sensor.allow", cfg.allow, cfg.bind, host)   # None: no check per datagram
     sock = open_socket(cfg.bind, cfg.rcvbuf_bytes, rt.log)
     buf = bytearray(proto.DATAGRAM_MAX_BYTES + 1)   # one spare byte tells an oversized datagram
     bufs = [buf]
@@ -142,11 +154,14 @@ def run(rt: Runtime) -> int:
                 continue
             for _ in range(cfg.batch_max_datagrams):
                 try:
-                    nbytes, ancdata, flags, _ = sock.recvmsg_into(bufs, _ANC_BYTES)
+                    nbytes, ancdata, flags, sender = sock.recvmsg_into(bufs, _ANC_BYTES)
                 except (BlockingIOError, InterruptedError):
                     break
                 recv_mono, recv_wall = time.monotonic_ns(), time.time_ns()
                 ingest.note_kernel_drops(ancdata)
+                if senders is not None and not senders.admits(sender[0]):
+                    rt.error("rejected_sender", f"datagram from {sender[0]}")
+                    continue
                 if flags & socket.MSG_TRUNC or nbytes > proto.DATAGRAM_MAX_BYTES:
                     rt.error("length", "oversized datagram")
                     continue

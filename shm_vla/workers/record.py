@@ -7,9 +7,11 @@ and finalised when the process stops (SIGINT/SIGTERM end the loop, then a last d
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 
+from .. import config as configmod
 from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
@@ -17,6 +19,7 @@ from ..protocol.sensor import ascan_columns, force_column
 from .session_files import SessionWriter
 
 WAIT_S = 0.1
+SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)
 
 
 def _num(v) -> float | None:
@@ -179,6 +182,8 @@ def _attach_data_rings(rt: Runtime, streams: Streams) -> dict | None:
 
 
 def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
+    configmod.check_member("record.group", rt.cfg.record.group)
+    os.umask(SESSION_UMASK)
     streams = Streams(rt.cfg)
     results = attach_when_ready(rt, streams.attach_results, "the results ring")
     if results is None:
@@ -191,7 +196,7 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     for name, ring in [("results", results), ("vl_feature", vl)] + list(data.items()):
         rt.watch_reads(ring, name)
     writer = SessionWriter(out_dir, save_data=save_data, flush_every=rt.cfg.record.flush_every,
-                           views=tuple(rt.cfg.camera.views))
+                           views=tuple(rt.cfg.camera.views), group=rt.cfg.record.group)
     recorder = Recorder(rt, writer, results, vl, data)
     rt.ready(f"recording to {writer.path}")
     rt.log.info("session directory %s", writer.path)
@@ -215,4 +220,5 @@ def main(argv: list[str]) -> int:
     def body(rt, args):
         save = rt.cfg.record.save_data if args.save_data is None else args.save_data
         return run(rt, args.out or rt.cfg.record.out_dir, save)
-    return run_process("shm-vla record", "record", argv, body, extra=_arguments)
+    return run_process("shm-vla record", "record", argv, body, extra=_arguments,
+                       config_errors=(configmod.ConfigError,))

@@ -9,6 +9,7 @@ for a session left by a crash. Library code only: no processes, no shared memory
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import math
 import os
@@ -39,6 +40,9 @@ SENSOR_ARRAYS = {
 }
 COPY_CHUNK_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
+# Session directories are 0750 (02750 with a group: what is made inside inherits it); files
+# are 0640 through the recorder's umask 027 (workers/record.py), as UMask=0027 in the units.
+SESSION_DIR_MODE = 0o750
 
 
 class SessionClosedError(ValueError):
@@ -114,6 +118,15 @@ def _create_session_dir(out_dir: Path, stamp: str | None) -> SessionPaths:
             continue
         return SessionPaths(out_dir / f"{SESSION_PREFIX}{candidate}", candidate)
     raise FileExistsError(f"{out_dir}: 1000 sessions named {SESSION_PREFIX}{base}*")
+
+
+def _limit_access(root: Path, group: str) -> None:
+    """Owner and (optionally) `group` only, set before anything is written inside."""
+    if group:
+        os.chown(root, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(root, SESSION_DIR_MODE | 0o2000)
+    else:
+        os.chmod(root, SESSION_DIR_MODE)
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -370,10 +383,11 @@ class SessionWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, stamp: str | None = None, save_data: bool = False,
-                 flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS) -> None:
+                 flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS, group: str = "") -> None:
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.paths = _create_session_dir(Path(out_dir), stamp)
+        _limit_access(self.paths.root, group)
         self.save_data = save_data
         self.views = tuple(views)
         self.summary = SessionSummary()

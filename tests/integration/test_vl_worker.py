@@ -15,10 +15,12 @@ from shm_vla.workers.act import ActWorker
 from shm_vla.workers.vl import VlWorker
 
 VL_DIM = 32
+# a fast tick (short VL budget, a fine schedule) within the clamps' 1 mm/s, 1 deg/s ceiling
+FAST_TICK = ["act.tick_hz=100", "act.clamp_mm=0.01", "act.clamp_deg=0.01"]
 
 
 def _worker(instance, overrides=()):
-    cfg = config.load(instance, None, ["act.vl_reuse=1", "act.tick_hz=1000", *overrides])
+    cfg = config.load(instance, None, ["act.vl_reuse=1", *FAST_TICK, *overrides])
     streams = Streams(cfg)
     writers = [streams.create_view(i) for i in range(N_VIEWS)]
     readers = [streams.attach_view(i) for i in range(N_VIEWS)]
@@ -99,7 +101,7 @@ def test_sets_over_the_skew_bound_are_counted_and_rejected(instance):
 def test_action_schedule_is_absolute_and_missed_ticks_are_skipped(instance):
     """Scheduler only (the tick itself is tested elsewhere): one slow tick is not caught up."""
     import time
-    cfg = config.load(instance, None, ["act.tick_hz=50"])
+    cfg = config.load(instance, None, ["act.tick_hz=50", "act.clamp_mm=0.02", "act.clamp_deg=0.02"])
     rt = Runtime(cfg, "act")
     worker = ActWorker.__new__(ActWorker)           # the schedule needs only these members
     worker.rt, worker.cfg = rt, cfg

@@ -22,6 +22,7 @@ COMMANDS = {
     "make-checkpoint": ("shm_vla.model.make_checkpoint", "write a random-init checkpoint"),
     "stat": ("shm_vla.stat_view", "live counters (same as shm-vla-stat)"),
     "analyze": ("shm_vla.analyze", "postmortem of a session directory or timings file"),
+    "recover": ("shm_vla.workers.recover_cli", "finalise sessions cut off by a crash"),
     "bench": (None, "benchmarks from bench/: ipc | ingest | action-head | vl | vl-ops | e2e"),
 }
 

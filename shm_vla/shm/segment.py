@@ -4,12 +4,14 @@ A segment is ``/<prefix>.<instance>.<stream>`` (a POSIX shm object, /dev/shm on 
 opened through posix_ipc and mapped with mmap. It starts with a fixed 4 KiB header:
 
     magic, layout version, kind, the layout (JSON: dtype, shape, slot count, extras),
-    writer pid and the writer's process start time (to tell a dead pid from a reused one).
+    writer pid and the writer's process start time (for people: liveness is the lock below).
 
 One writer per segment: the writer holds an exclusive ``flock`` on the segment's file
 descriptor for its whole life. The kernel drops the lock when the writer dies, however it
 dies, so a second writer is refused while the first lives and a stale segment (left by a
-dead writer) is re-initialised by the next one. Readers never lock anything.
+dead writer) is re-initialised by the next one. That lock is the one liveness rule
+(``writer_alive``): ls, stat, ``shm-vla run`` and clean all ask it. Readers never lock
+anything: they look the lock up in /proc/locks.
 
 No half-made segment: /dev/shm is a tmpfs, where a page is allocated when it is first
 touched, and touching one when the tmpfs is full is SIGBUS, in whichever process touches
@@ -120,8 +122,26 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])  # field 22 overall
 
 
-def writer_alive(pid: int, start_ticks: int) -> bool:
-    return pid > 0 and process_start_ticks(pid) == start_ticks
+def writer_alive(fd: int) -> bool:
+    """The one liveness rule: a segment's writer is alive while it holds the segment's flock.
+
+    The kernel drops the lock when the writer exits, however it exits: a zombie (exited,
+    not yet reaped) holds nothing, and neither does a reused pid. Asking takes no lock
+    (a reader never disturbs a writer, a takeover or `shm clean`): the kernel's table of
+    held locks, /proc/locks, is searched for an exclusive flock on this object. That
+    table hides the locks of processes outside the reader's pid namespace, so an observer
+    must share the pipeline's (or be in the host's). `remove_stale` applies the same rule
+    with the exclusive lock it unlinks under.
+    """
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as locks:
+        for line in locks:
+            # "12: FLOCK  ADVISORY  WRITE 4711 00:1b:3466 0 EOF"; a waiter has "->" after the number
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[3] == "WRITE" and fields[5] == key:
+                return True
+    return False
 
 
 @dataclass
@@ -271,7 +291,7 @@ class Segment:
         return int(self.header["writer_pid"])
 
     def writer_alive(self) -> bool:
-        return writer_alive(self.writer_pid, int(self.header["writer_start_ticks"]))
+        return self.writer or writer_alive(self.fd)
 
     def data(self, offset: int = 0, nbytes: int | None = None) -> memoryview:
         start = HEADER_BYTES + offset
@@ -462,7 +482,7 @@ def remove_stale(name: str) -> bool:
         fcntl.flock(shm.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(shm.fd)
-        return False  # a live writer holds it
+        return False  # a live writer holds it (the writer_alive rule, taken exclusively to unlink)
     try:
         posix_ipc.unlink_shared_memory(name)
     finally:

@@ -120,7 +120,9 @@ class ActWorker:
         if cfg.act.auto_start and self.started:
             rt.log.warning("auto-start skipped: this session already ticked (%d results); "
                            "a restarted act process never re-sends the start command", results_ring.head)
-        self.action_id = 0
+        # action_id = the result's record number: a restarted act takes over the same ring
+        # and carries on, so ids stay unique and increasing for the whole run
+        self.action_id = results_ring.head
         s = rt.stats
         self.ticks = s.counter("ticks")
         self.missed = s.counter("missed_ticks")
@@ -130,7 +132,7 @@ class ActWorker:
         self.latency = RollingGauges(s, "latency_ms", every=10)
         self.rate_hz = s.gauge("rate_hz", 0.0)
         self.last_vl_update = s.gauge("vl_update_number")
-        self._rate_start_ns, self._rate_ticks = time.monotonic_ns(), 0
+        self._rate_start_ns, self._rate_ticks = time.monotonic_ns(), self.action_id
 
     # ------------------------------------------------------------------ one tick
     def tick(self, scheduled_ns: int, lateness_ms: float) -> None:

@@ -4,10 +4,18 @@ Consumes the results and vl_feature rings with since() (it loses nothing while i
 up; overwritten records are counted as lost and written into the summary), and with
 --save-data also the jpeg, robot and sensor rings. Files are streamed by SessionWriter
 and finalised when the process stops (SIGINT/SIGTERM end the loop, then a last drain).
+
+Restarts keep one record per run (session_state.py): every `record.flush_every` records
+the recorder checkpoints its cursors; a recorder restarted within the same run (same
+results ring) continues that run's session from the checkpoint, with no record twice.
+Sessions of the instance left unfinished by an earlier run (a crash of the whole run or
+machine) are finalised in the background at start.
 """
 from __future__ import annotations
 
 import os
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +24,8 @@ from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
 from ..protocol.sensor import ascan_columns, force_column
-from .session_files import SessionWriter
+from .session_files import SessionWriter, recover
+from .session_state import SessionBusy, SessionState, plan_session
 
 WAIT_S = 0.1
 SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)
@@ -30,14 +39,16 @@ def _num(v) -> float | None:
 class RingCursor:
     """A since() consumer of one ring with its own preallocated batch buffers."""
 
-    def __init__(self, ring: Ring, batch: int, lost_counter=None):
+    def __init__(self, ring: Ring, batch: int, lost_counter=None, start: int = 0, on_lost=None):
         self.ring = ring
         self.batch = min(batch, ring.depth - 1)
         self.out = np.zeros((self.batch,) + ring.shape, ring.dtype)
         self.meta = np.zeros(self.batch, META_DTYPE)
-        self.next_record = 0
+        # a checkpoint past the head means the ring was made afresh since: read it from its start
+        self.next_record = start if start <= ring.head else 0
         self.lost = 0
         self.lost_counter = lost_counter
+        self.on_lost = on_lost
 
     def drain(self, handle) -> int:
         """Hand every new record batch to handle(out[:n], meta[:n]); returns records handled."""
@@ -48,6 +59,8 @@ class RingCursor:
                 self.lost += res.lost
                 if self.lost_counter is not None:
                     self.lost_counter.inc(res.lost)
+                if self.on_lost is not None:
+                    self.on_lost(res.lost)
             self.next_record = res.next_record
             if res.count == 0:
                 return total
@@ -56,16 +69,21 @@ class RingCursor:
 
 
 class Recorder:
-    def __init__(self, rt: Runtime, writer: SessionWriter, results: Ring, vl: Ring | None, data_rings: dict):
+    def __init__(self, rt: Runtime, writer: SessionWriter, results: Ring, vl: Ring | None, data_rings: dict,
+                 cursors: dict | None = None):
+        """cursors: where each ring's reading starts (a checkpoint's), by ring name; else 0."""
         self.rt, self.writer = rt, writer
+        start = cursors or {}
         s = rt.stats
         self.records_written = s.counter("records_written")
         self.vl_written = s.counter("vl_updates_written")
         self.lost = s.counter("lost")
         self.lag = s.gauge("lag_records", 0.0)
-        self.results = RingCursor(results, 64, self.lost)
-        self.vl = RingCursor(vl, 16) if vl is not None else None
+        self.results = RingCursor(results, 64, self.lost, start.get("results", 0), writer.note_lost)
+        self.vl = RingCursor(vl, 16, start=start.get("vl_feature", 0)) if vl is not None else None
         self.data = data_rings
+        self.checkpoint_every = rt.cfg.record.flush_every
+        self._since_checkpoint = 0
         self.cursors = {}
         if data_rings:
             cfg = rt.cfg
@@ -73,7 +91,8 @@ class Recorder:
             self.robot_rows = s.counter("robot_rows_written")
             self.sensor_records = s.counter("sensor_records_written")
             self.data_lost = s.counter("data_lost")
-            self.cursors = {name: RingCursor(ring, 4 if name.startswith("jpeg") else 512, self.data_lost)
+            self.cursors = {name: RingCursor(ring, 4 if name.startswith("jpeg") else 512, self.data_lost,
+                                             start.get(name, 0))
                             for name, ring in data_rings.items()}
             width = cfg.sensor_channels
             self.fcol = force_column(cfg.sensor.force_position, width)
@@ -161,11 +180,22 @@ class Recorder:
         self.lag.set(float(self.results.ring.head - self.results.next_record))
         return n
 
+    def positions(self) -> dict:
+        """The next record of every ring read, by ring name (what a checkpoint saves)."""
+        out = {"results": self.results.next_record}
+        if self.vl is not None:
+            out["vl_feature"] = self.vl.next_record
+        out.update((name, cursor.next_record) for name, cursor in self.cursors.items())
+        return out
+
     def loop(self) -> None:
         while self.rt.running:
             self.rt.housekeeping()
             self.results.ring.wait(self.results.next_record, WAIT_S)
-            self.drain()
+            self._since_checkpoint += self.drain()
+            if self._since_checkpoint >= self.checkpoint_every:
+                self.writer.checkpoint(self.positions())   # between drains: files and cursors agree
+                self._since_checkpoint = 0
         self.drain()                  # what arrived before the stop
 
 
@@ -179,6 +209,64 @@ def _attach_data_rings(rt: Runtime, streams: Streams) -> dict | None:
             return None
         rings[name] = ring
     return rings
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def run_identity(results: Ring) -> dict:
+    """The run a results ring belongs to: its shared-memory object (inode) in this boot.
+
+    A new run starts from removed segments (`shm-vla run`, or `shm clean` under systemd),
+    so act creates a new object; an act restarted within the run takes over the same one.
+    """
+    return {"boot_id": _boot_id(), "results_inode": int(results.seg.inode)}
+
+
+def open_session(rt: Runtime, out_dir: str, save_data: bool, results: Ring) -> tuple[SessionWriter, dict, list]:
+    """The writer, the cursors to start from, and the cut-off sessions to finalise (plan_session)."""
+    cfg = rt.cfg
+    run_id = run_identity(results)
+    # a checkpoint ahead of the ring cannot be of this ring (an inode reused after a wrap)
+    plan = plan_session(out_dir, cfg.instance,
+                        lambda s: s.run == run_id and int(s.cursors.get("results", 0)) <= results.head)
+    options = dict(save_data=save_data, flush_every=cfg.record.flush_every, views=tuple(cfg.camera.views))
+    if plan.resume is not None:
+        writer = SessionWriter.resume(plan.resume, **options)
+        rt.log.info("continuing this run's session %s from results record %d", writer.path,
+                    plan.cursors.get("results", 0))
+    else:
+        writer = SessionWriter(out_dir, state=SessionState(cfg.instance, run_id, cursors=plan.cursors),
+                               group=cfg.record.group, **options)
+    return writer, plan.cursors, plan.finalise
+
+
+def finalise_in_background(rt: Runtime, sessions: list) -> threading.Thread | None:
+    """recover() each cut-off session in a thread: a long session takes seconds to finalise,
+    which the rings of this run may not hold. A stop before it ends leaves the rest for the
+    next start (recover is idempotent)."""
+    if not sessions:
+        return None
+
+    def finalise() -> None:
+        for root in sessions:
+            try:
+                report = recover(root)
+            except SessionBusy as exc:
+                rt.log.info("not finalised: %s", exc)
+            except (OSError, ValueError) as exc:
+                rt.log.warning("could not finalise the cut-off session %s: %s", root, exc)
+            else:
+                rt.log.info("finalised the cut-off session %s (%d results)", Path(root).name, report["results"])
+
+    thread = threading.Thread(target=finalise, name="finalise", daemon=True)
+    thread.start()
+    return thread
 
 
 def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
@@ -195,18 +283,17 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
         return 0
     for name, ring in [("results", results), ("vl_feature", vl)] + list(data.items()):
         rt.watch_reads(ring, name)
-    writer = SessionWriter(out_dir, save_data=save_data, flush_every=rt.cfg.record.flush_every,
-                           views=tuple(rt.cfg.camera.views), group=rt.cfg.record.group)
-    recorder = Recorder(rt, writer, results, vl, data)
+    writer, cursors, cut_off = open_session(rt, out_dir, save_data, results)
+    recorder = Recorder(rt, writer, results, vl, data, cursors)
+    finalise_in_background(rt, cut_off)
     rt.ready(f"recording to {writer.path}")
     rt.log.info("session directory %s", writer.path)
-    try:
-        recorder.loop()
-    finally:
-        writer.note_lost(recorder.results.lost)
-        writer.close()
-        rt.log.info("session closed: %s (%d records, %d lost)", writer.path,
-                    recorder.records_written.value, recorder.results.lost)
+    # An exception leaves the session cut off, as a crash would: the restarted recorder
+    # continues it from the checkpoint (closing it here would split the run in two).
+    recorder.loop()
+    summary = writer.close(recorder.positions())
+    rt.log.info("session closed: %s (%d actions, %d results, %d lost)", writer.path, summary["total_actions"],
+                summary["recorder"]["results_written"], summary["recorder"]["lost"])
     return 0
 
 

@@ -4,7 +4,10 @@
 with the session and a crash leaves everything written so far readable; ``close()``
 finalises the files that are assembled from streamed parts (inference_results .json,
 sensor_data .npz, performance_summary .json); ``recover(session_dir)`` does the same
-for a session left by a crash. Library code only: no processes, no shared memory.
+for a session left by a crash. For the recorder, the writer also keeps a checkpoint
+(``checkpoint()``) from which ``SessionWriter.resume`` continues a session cut off by a
+crash, with no record twice (session_state.py). Library code only: no processes, no
+shared memory.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shm_vla.workers.session_state import STATE_FILE, SessionLock, SessionState, read_state
 from shm_vla.workers.session_stats import ACTION_FIELDS, VL_FIELDS, VL_OPTIONAL_FIELDS, SessionSummary
 
 SESSION_PREFIX = "async_inference_"
@@ -162,15 +166,20 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
             os.close(dir_fd)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write obj as JSON to a temp file beside path, fsync, then rename over path."""
+def write_json_atomic(path: Path, obj: Any, durable: bool = True) -> None:
+    """Write obj as JSON to a temp file beside path, fsync, then rename over path.
+
+    durable=False skips the fsyncs: the rename is still atomic for every process on this
+    machine (a checkpoint taken ten times a second only has to survive a process crash).
+    """
     tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "w") as f:
         json.dump(to_jsonable(obj), f, indent=2, allow_nan=False)
         f.write("\n")
         f.flush()
-        os.fsync(f.fileno())
-    _fsync_replace(tmp, path)
+        if durable:
+            os.fsync(f.fileno())
+    (_fsync_replace if durable else os.replace)(tmp, path)
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, str, Any]]:
@@ -304,6 +313,10 @@ class _SensorParts:
             f.flush()
         self._pending = 0
 
+    def paths(self) -> list[Path]:
+        """The array files on disk (a continued session has them before its first append)."""
+        return sorted(self.folder.glob("*.bin")) if self.folder.is_dir() else []
+
     def close(self) -> None:
         for f in self._files.values():
             if not f.closed:
@@ -383,11 +396,53 @@ class SessionWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, stamp: str | None = None, save_data: bool = False,
-                 flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS, group: str = "") -> None:
+                 flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS, state: SessionState | None = None,
+                 group: str = "") -> None:
+        """state: keep a checkpoint for a recorder (its instance, run and starting cursors);
+        group: the session directory's group (0750, setgid; files 0640 by the recorder's umask)."""
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
-        self.paths = _create_session_dir(Path(out_dir), stamp)
-        _limit_access(self.paths.root, group)
+        paths = _create_session_dir(Path(out_dir), stamp)
+        _limit_access(paths.root, group)
+        self._open(paths, SessionLock(paths.root), save_data, flush_every, views)
+        self._state = state
+        if state is not None:
+            state.created_wall_ns = time.time_ns()
+            self._save_state("recording")
+
+    @classmethod
+    def resume(cls, session_dir: str | os.PathLike, *, save_data: bool = False, flush_every: int = 10,
+               views: tuple | list = DEFAULT_VIEWS) -> "SessionWriter":
+        """Continue a session cut off while recording, from its checkpoint: each streamed
+        file is cut back to the size checkpointed with the cursors (session_state.py), and
+        the summary is rebuilt from the timings file. SessionBusy if another process holds it."""
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        paths = SessionPaths.of_dir(session_dir)
+        lock = SessionLock(paths.root)
+        try:
+            state = read_state(paths.root)
+            if state is None or state.phase != "recording":
+                raise ValueError(f"{paths.root}: no checkpoint of a session being recorded")
+            _cut_to_checkpoint(paths, state)
+            writer = cls.__new__(cls)
+            writer._open(paths, lock, save_data, flush_every, views)
+        except BaseException:
+            lock.release()
+            raise
+        writer.summary = summary_from_timings(paths.timings)
+        writer.summary.result_records = state.results_written
+        writer.summary.lost_records = state.lost
+        writer.frames_written = state.frames_written
+        writer._state = state
+        writer._save_state("recording")
+        return writer
+
+    def _open(self, paths: SessionPaths, lock: SessionLock, save_data: bool, flush_every: int,
+              views: tuple | list) -> None:
+        self.paths = paths
+        self._lock = lock
+        self._state: SessionState | None = None
         self.save_data = save_data
         self.views = tuple(views)
         self.summary = SessionSummary()
@@ -514,9 +569,37 @@ class SessionWriter:
     def _streams(self) -> list:
         return [s for s in (self._timings, self._results, self._robot, self._sensor) if s is not None]
 
+    # ---- checkpoint (session_state.py)
+    def checkpoint(self, cursors: dict) -> None:
+        """Flush every file, then save the cursors with the file sizes that go with them."""
+        if self._state is None:
+            raise ValueError("checkpoint() needs a writer made with state=")
+        with self._writing():
+            for stream in self._streams():
+                stream.flush()
+            self._state.cursors = {name: int(n) for name, n in cursors.items()}
+            self._save_state("recording")
+
+    def _save_state(self, phase: str, durable: bool = False) -> None:
+        """Replace the checkpoint; the files must be flushed (sizes are read from disk)."""
+        state = self._state
+        state.phase, state.pid = phase, os.getpid()
+        if phase != "closed":            # finalising removes the sensor parts: keep the last sizes
+            files = [s.path for s in (self._timings, self._results, self._robot) if s is not None]
+            files += self._sensor.paths() if self._sensor is not None else []
+            state.sizes = {str(path.relative_to(self.paths.root)): path.stat().st_size for path in files}
+        state.results_written = self.summary.result_records
+        state.lost = self.summary.lost_records
+        state.frames_written = self.frames_written
+        write_json_atomic(self.paths.root / STATE_FILE, state.to_dict(), durable=durable)
+
     # ---- shutdown
-    def close(self) -> dict | None:
-        """Flush and finalise every file; idempotent. Returns the summary (None if deferred)."""
+    def close(self, cursors: dict | None = None) -> dict | None:
+        """Flush and finalise every file; idempotent. Returns the summary (None if deferred).
+
+        cursors: the recorder's final cursors, saved before finalising starts (phase
+        "closing"), so that a run that goes on starts its next session right after these.
+        """
         if self.closed or self._closing:
             return self._summary_dict
         if self._depth > 0:   # a signal handler interrupted one of our writes: finish it first
@@ -526,14 +609,21 @@ class SessionWriter:
         try:
             for stream in self._streams():
                 stream.close()
+            if self._state is not None:
+                if cursors is not None:
+                    self._state.cursors = {name: int(n) for name, n in cursors.items()}
+                self._save_state("closing", durable=True)
             write_results_json(self.paths.results_jsonl, self.paths.results_json)
             if self._sensor is not None:
                 assemble_sensor_npz(self.paths.sensor_parts, self.paths.sensor_npz)
             self._summary_dict = self.summary.to_dict()
             write_json_atomic(self.paths.summary, self._summary_dict)
+            if self._state is not None:
+                self._save_state("closed", durable=True)
         finally:
             self.closed = True
             self._closing = False
+            self._lock.release()
         return self._summary_dict
 
     def __enter__(self) -> "SessionWriter":
@@ -544,15 +634,46 @@ class SessionWriter:
 
 
 # --------------------------------------------------------------------------- crash recovery
+def _cut_to_checkpoint(paths: SessionPaths, state: SessionState) -> None:
+    """Cut each streamed file back to its checkpointed size: what lies beyond was written
+    after the checkpoint, and the continuing recorder reads those records again."""
+    for rel, size in state.sizes.items():
+        with open(paths.root / rel, "r+b") as f:
+            f.truncate(int(size))
+    if paths.sensor_parts.is_dir():     # an array file opened after the checkpoint holds only later rows
+        for part in paths.sensor_parts.glob("*.bin"):
+            if str(part.relative_to(paths.root)) not in state.sizes:
+                part.write_bytes(b"")
+    _remove_tmp(paths.root)
+
+
+def _remove_tmp(root: Path) -> int:
+    """Remove what a crash left half-written (.tmp: frames, JSON being replaced)."""
+    removed = 0
+    for tmp in root.rglob(f"*{TMP_SUFFIX}"):
+        tmp.unlink()
+        removed += 1
+    return removed
+
+
 def recover(session_dir: str | os.PathLike) -> dict:
     """Finalise a session left by a crash (idempotent); returns what was done.
 
     Cuts lines torn by the crash, writes inference_results .json from its .jsonl,
     assembles sensor_data .npz from its parts, removes frames left half-written (.tmp),
-    and writes performance_summary .json from the timings when it is missing
-    (the lost-record count is then unknown and reported as 0).
+    and writes performance_summary .json from the timings when it is missing (the
+    lost-record count is then the recorder's last checkpoint's, or 0 without one).
+    Raises SessionBusy while another process (a live recorder) holds the session.
     """
     paths = SessionPaths.of_dir(session_dir)
+    lock = SessionLock(paths.root)
+    try:
+        return _recover(paths)
+    finally:
+        lock.release()
+
+
+def _recover(paths: SessionPaths) -> dict:
     report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
     for path in (paths.timings, paths.results_jsonl, paths.robot_csv):
         if trim_partial_line(path):
@@ -560,13 +681,15 @@ def recover(session_dir: str | os.PathLike) -> dict:
     report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
     report["sensor_records"] = (assemble_sensor_npz(paths.sensor_parts, paths.sensor_npz)
                                 if paths.sensor_parts.exists() else None)
-    report["removed_tmp"] = 0
-    for tmp in paths.root.rglob(f"*{TMP_SUFFIX}"):
-        tmp.unlink()
-        report["removed_tmp"] += 1
+    report["removed_tmp"] = _remove_tmp(paths.root)
+    state = read_state(paths.root)
     report["summary_written"] = not paths.summary.exists()
     if report["summary_written"]:
         summary = summary_from_timings(paths.timings)
         summary.result_records = report["results"]
+        summary.lost_records = state.lost if state is not None else 0
         write_json_atomic(paths.summary, summary.to_dict())
+    if state is not None and state.phase != "closed":
+        state.phase = "closed"
+        write_json_atomic(paths.root / STATE_FILE, state.to_dict())
     return report

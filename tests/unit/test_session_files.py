@@ -58,6 +58,11 @@ def read_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def crash(writer: SessionWriter) -> None:
+    """What a dead process leaves: the kernel drops its session lock; close() never runs."""
+    writer._lock.release()
+
+
 def test_session_directory_and_file_names(tmp_path):
     with SessionWriter(tmp_path, stamp=STAMP) as writer:
         writer.write_timing(action_record(0))
@@ -260,6 +265,7 @@ def test_crash_without_close_then_recover(tmp_path):
         f.write(b"\0" * 100)
     (paths.root / "View1" / "cam_1.000.jpg.tmp").write_bytes(b"\xff\xd8half")
     assert not paths.results_json.exists() and not paths.sensor_npz.exists()
+    crash(writer)
 
     report = recover(paths.root)
 
@@ -279,6 +285,7 @@ def test_crash_without_close_then_recover(tmp_path):
 def test_recover_before_anything_flushed_and_twice(tmp_path):
     writer = SessionWriter(tmp_path, stamp=STAMP, save_data=True, flush_every=1000)
     writer.write_timing(action_record(0))   # still in the process's buffer at the "crash"
+    crash(writer)
     recover(writer.path)
     assert json.loads(writer.paths.results_json.read_text()) == []
     assert json.loads(writer.paths.summary.read_text())["total_actions"] == 0

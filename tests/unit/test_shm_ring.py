@@ -149,12 +149,16 @@ def test_stale_segment_is_taken_over_and_data_kept(instance):
     ring.close()
 
 
-def test_stale_check_detects_reused_pid():
-    me = os.getpid()
-    ticks = segmod.process_start_ticks(me)
-    assert segmod.writer_alive(me, ticks)
-    assert not segmod.writer_alive(me, ticks + 1)     # same pid, other start time: reused
-    assert not segmod.writer_alive(0, 0)
+def test_liveness_is_the_writers_lock_and_testing_it_leaves_the_lock_alone(instance):
+    ring = Ring.create(instance, "live", np.float32, (4,), 4)
+    reader = Ring.attach(instance, "live")
+    assert ring.seg.writer_alive() and reader.seg.writer_alive() and reader.health() == "ok"
+    assert not segmod.remove_stale(ring.name)         # clean agrees: a live writer's segment stays
+    assert segmod.inspect(ring.name).alive
+    ring.close()                      # the writer lets go: stale, even though its pid lives on
+    assert not reader.seg.writer_alive() and reader.health() == "no writer"
+    assert not segmod.inspect(reader.name).alive
+    reader.close()
 
 
 def test_permissions_are_0600_by_default(instance):

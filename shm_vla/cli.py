@@ -23,7 +23,7 @@ COMMANDS = {
     "stat": ("shm_vla.stat_view", "live counters (same as shm-vla-stat)"),
     "analyze": ("shm_vla.analyze", "postmortem of a session directory or timings file"),
     "recover": ("shm_vla.workers.recover_cli", "finalise sessions cut off by a crash"),
-    "bench": (None, "benchmarks from bench/: ipc | ingest | action-head | vl | vl-ops | e2e"),
+    "bench": (None, "benchmarks from bench/: ipc | ingest | action-head | vl | vl-ops | e2e | faults"),
 }
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"

@@ -117,3 +117,19 @@ def test_baseline_threaded_summary(tmp_path):
     actions = [r for r in records if "action_id" in r]
     from shm_vla.workers.session_stats import ACTION_FIELDS
     assert all(list(r) == list(ACTION_FIELDS) for r in actions)
+
+
+def test_faults_drills_report():
+    """bench/faults.py runs every drill and reports what docs/FAULTS.md quotes (short settings)."""
+    proc = subprocess.run([sys.executable, "-m", "shm_vla.cli", "bench", "faults", "--stop-s", "1",
+                           "--hang-timeout-s", "3", "--json"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["benchmark"] == "faults" and report["command"].startswith("shm-vla bench faults")
+    d = report["drills"]
+    assert set(d["kill9"]) == {"ingest-camera", "ingest-robot", "ingest-sensor", "vl", "act", "record"}
+    assert all(isinstance(v["restart_s"], float) for v in d["kill9"].values())
+    assert d["sigstop_sensor"]["stale_commanded"] == 0 and d["sigstop_sensor"]["commands_after"] > 0
+    assert isinstance(d["hang_act"]["restart_s"], float) and d["hang_act"]["commands_while_hung"] == 0
+    assert d["supervisor_sigkill"]["commands_after_death"] == 0
+    assert isinstance(d["supervisor_sigkill"]["all_stopped_s"], float)

@@ -42,7 +42,6 @@ the same path on the CPU with a fake.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import time

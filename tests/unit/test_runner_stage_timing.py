@@ -2,35 +2,50 @@
 
 The CUDA stream/graph path runs here through a fake of the hardware boundary
 (``TickRunner(cuda_ops=FakeCudaOps())``): CPU tensors, a "graph" that re-runs the Python
-body captured once (as torch runs it once at capture), events that read the host clock when
+body captured once (as torch runs it once at capture), events that read a clock when
 recorded. The real CUDA path is covered by tests/gpu/test_stage_timing_gpu.py.
 
-Stage mapping: forward hooks make each stage sleep a known, very different time, so a time
-reported in the wrong field is caught (lower bounds only, with wide gaps between them).
+Stage mapping: a fake clock (the runner's host clock and the fake events') that only forward
+hooks advance, by a different amount in each stage: every stage's time is exact, so a time
+reported in the wrong field is caught, whatever the machine's load.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import time
+import types
 
 import numpy as np
 import pytest
 
 from shm_vla.model import TickRunner, load_checkpoint
+from shm_vla.model import runner as runner_module
 from shm_vla.model.make_checkpoint import make_checkpoint
 from shm_vla.model.runner import capture_plan, check_stage_times
 
-SLEEP_MS = {"sensor": 20, "robot": 100, "action": 200}
+STAGE_MS = {"sensor": 2, "robot": 30, "action": 500}
+
+
+class FakeClock:
+    """Nanoseconds that move only when told to."""
+
+    def __init__(self):
+        self.ns = 1_000_000_000
+
+    def perf_counter_ns(self) -> int:
+        return self.ns
+
+    def advance(self, ms: float) -> None:
+        self.ns += int(ms * 1e6)
 
 
 class FakeEvent:
-    def __init__(self, records: bool = True):
-        self.records, self.ns = records, None
+    def __init__(self, clock: FakeClock, records: bool = True):
+        self.clock, self.records, self.ns = clock, records, None
 
     def record(self, stream=None) -> None:
         if self.records:
-            self.ns = time.perf_counter_ns()
+            self.ns = self.clock.perf_counter_ns()
 
     def elapsed_time(self, end: "FakeEvent") -> float:
         if self.ns is None or end.ns is None:
@@ -56,8 +71,9 @@ class FakeCudaOps:
     """CudaOps on the CPU. ``graph_events``: "ok", "refused" (a torch without external events:
     TypeError) or "silent" (captured events that never record, so no time can be read)."""
 
-    def __init__(self, graph_events: str = "ok"):
+    def __init__(self, graph_events: str = "ok", clock: FakeClock | None = None):
         self.graph_events = graph_events
+        self.clock = clock or FakeClock()
         self.captures = 0
 
     def stream(self, priority):
@@ -69,7 +85,7 @@ class FakeCudaOps:
     def event(self, in_graph: bool = False):
         if in_graph and self.graph_events == "refused":
             raise TypeError("__new__() got an unexpected keyword argument 'external'")
-        return FakeEvent(records=not (in_graph and self.graph_events == "silent"))
+        return FakeEvent(self.clock, records=not (in_graph and self.graph_events == "silent"))
 
     def graph_pool(self):
         return None
@@ -97,14 +113,22 @@ def _fill(runner, seed=0):
     runner.robot_in[:] = rng.standard_normal(runner.robot_in.shape)
 
 
+@pytest.fixture
+def clock(monkeypatch):
+    """The runner's host clock replaced by a FakeClock (the fake events read it too)."""
+    fake = FakeClock()
+    monkeypatch.setattr(runner_module, "time", types.SimpleNamespace(perf_counter_ns=fake.perf_counter_ns))
+    return fake
+
+
 @contextlib.contextmanager
-def _slow_stages(heads):
-    """Each stage sleeps SLEEP_MS in a forward hook of a module only it runs."""
-    def sleeper(ms):
-        return lambda *_: time.sleep(ms / 1e3)
-    handles = [heads.sensor_encoder.register_forward_hook(sleeper(SLEEP_MS["sensor"])),
-               heads.robot_state_encoder.register_forward_hook(sleeper(SLEEP_MS["robot"])),
-               heads.action_expert.fusion_proj.register_forward_hook(sleeper(SLEEP_MS["action"]))]
+def _timed_stages(heads, clock: FakeClock):
+    """Each stage advances the clock by STAGE_MS in a forward hook of a module only it runs."""
+    def advance(ms):
+        return lambda *_: clock.advance(ms)
+    handles = [heads.sensor_encoder.register_forward_hook(advance(STAGE_MS["sensor"])),
+               heads.robot_state_encoder.register_forward_hook(advance(STAGE_MS["robot"])),
+               heads.action_expert.fusion_proj.register_forward_hook(advance(STAGE_MS["action"]))]
     try:
         yield
     finally:
@@ -112,29 +136,27 @@ def _slow_stages(heads):
             h.remove()
 
 
-def _runner(models, name, path, timing="events", ops="ok"):
+def _runner(models, name, path, timing="events", ops="ok", clock=None):
     """path: "cpu", "eager" (fake CUDA, no graph) or "graph" (fake CUDA graph)."""
-    kw = {} if path == "cpu" else {"cuda_ops": FakeCudaOps(ops), "use_cuda_graph": path == "graph"}
+    kw = {} if path == "cpu" else {"cuda_ops": FakeCudaOps(ops, clock), "use_cuda_graph": path == "graph"}
     return TickRunner(models[name], stage_timing=timing, **kw)
 
 
 @pytest.mark.parametrize("name", ["flow", "regression"])
 @pytest.mark.parametrize("path,timing", [("cpu", "events"), ("eager", "events"), ("graph", "events"),
                                          ("graph", "graphs")])
-def test_each_stage_time_lands_in_its_field(models, name, path, timing):
-    runner = _runner(models, name, path, timing)
+def test_each_stage_time_lands_in_its_field(models, clock, name, path, timing):
+    runner = _runner(models, name, path, timing, clock=clock)
     assert runner.stage_timing == timing and runner.capture_refused == []
     if path == "graph":
         assert len(runner.graphs) == (3 if timing == "graphs" else 1) and runner.graph_copies == "h2d+d2h"
     _fill(runner)
-    with _slow_stages(runner.heads):
+    with _timed_stages(runner.heads, clock):
         res = runner.run(noise_seed=1)
-    s, r, a = res.sensor_encoding_ms, res.robot_encoding_ms, res.action_prediction_ms
     assert res.timing_split
-    assert SLEEP_MS["sensor"] <= s < SLEEP_MS["robot"], (s, r, a)
-    assert SLEEP_MS["robot"] <= r < SLEEP_MS["action"], (s, r, a)
-    assert SLEEP_MS["action"] <= a <= res.total_ms, (s, r, a)
-    assert s + r + a <= res.total_ms
+    assert (res.sensor_encoding_ms, res.robot_encoding_ms, res.action_prediction_ms) == \
+        (STAGE_MS["sensor"], STAGE_MS["robot"], STAGE_MS["action"])
+    assert res.total_ms == sum(STAGE_MS.values())
 
 
 @pytest.mark.parametrize("path", ["cpu", "eager", "graph"])
@@ -195,8 +217,10 @@ def test_capture_plan_order_and_refusals():
 
 
 def test_check_stage_times_refuses_what_is_not_a_time():
-    ev = [FakeEvent() for _ in range(4)]
+    clock = FakeClock()
+    ev = [FakeEvent(clock) for _ in range(4)]
     for e in ev:
+        clock.advance(1.0)
         e.record()
     check_stage_times(ev)
     ev[2].ns = ev[1].ns - 1_000_000                  # negative: events out of order

@@ -3,6 +3,7 @@
 
   shm-vla bench action-head [--presets tiny,seed-size] [--type flow|regression]
                             [--device cpu|cuda] [--iters N] [--quick] [--json]
+                            [--stage-timing events|graphs|off] [--compare-stage-timing events,graphs,off]
 
 Both paths get the same random-init checkpoint (``shm-vla make-checkpoint``) and the same host
 windows. The two are interleaved tick by tick so that machine noise hits both alike.
@@ -17,6 +18,12 @@ Reported per path: p50 / p99 / max / mean wall time of one tick (ms, host clock,
 the copies and the final synchronisation) and the seed/ours ratio of the p50s.
 ``--vl-load`` runs bench/vl.py on the same device in a child process meanwhile (the
 "while the VL process runs" case; meaningful on a GPU).
+
+``--compare-stage-timing events,graphs,off`` measures instead what the per-stage times cost
+(issue 11 item 5): one TickRunner per ``stage_timing``, ticked in turn on the same inputs; per
+mode the tick's wall time, the split (p50 per stage, null where not measured), the mode in
+effect (a graph may refuse events) and the cost against "off" (p50 and mean difference, us).
+On a CPU the modes differ only in reading the host clock; on CUDA they are the graph variants.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shm_vla.model import TickRunner, load_checkpoint                   # noqa: E402
+from shm_vla.model.runner import STAGE_TIMINGS                         # noqa: E402
 from shm_vla.model.make_checkpoint import make_checkpoint              # noqa: E402
 from shm_vla.model.seed_style import SeedStyleTick                     # noqa: E402
 
@@ -69,7 +77,7 @@ def bench_preset(preset: str, model_type: str, stream_priority: int, args, workd
     t0 = time.perf_counter()
     ours = TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
                       horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=stream_priority,
-                      compile=args.compile)
+                      compile=args.compile, stage_timing=args.stage_timing)
     if not args.device.startswith("cuda"):
         ours.run()                                  # CPU: compile (if asked) before the timed loop
     setup_s = time.perf_counter() - t0
@@ -99,15 +107,66 @@ def bench_preset(preset: str, model_type: str, stream_priority: int, args, workd
         if time.monotonic() > deadline and len(ours_ms) >= 3:
             break
     o, s = _stats(ours_ms), _stats(seed_ms)
-    p = np.median(np.asarray(parts), axis=0)
     return {
         "preset": preset, "model_type": lm.info.model_type, "parameters": lm.info.parameter_count,
         "device": args.device, "ours_dtype": str(dtype).replace("torch.", ""), "cuda_graph": ours.graph is not None,
         "graph_copies": ours.graph_copies, "stream_priority": stream_priority, "compiled": args.compile, "flow_steps": args.steps, "solver": args.solver,
         "ours": o, "seed_style": s, "ratio_p50": s["p50_ms"] / o["p50_ms"], "ratio_p99": s["p99_ms"] / o["p99_ms"],
-        "ours_split_p50_ms": {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])},
-        "ours_setup_s": setup_s,
+        "stage_timing": ours.stage_timing, "ours_split_p50_ms": _split_p50(parts), "ours_setup_s": setup_s,
     }
+
+
+def _split_p50(parts: list) -> dict | None:
+    """Median (sensor, robot, action) ms; None where the split was not measured (NaN)."""
+    p = np.median(np.asarray(parts), axis=0)
+    return None if np.isnan(p).any() else {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])}
+
+
+def compare_stage_timing(preset: str, model_type: str, modes: list[str], stream_priority: int, args,
+                         workdir: Path) -> dict:
+    """The cost of the per-stage times: one runner per mode, ticked in turn (noise hits all alike)."""
+    path = workdir / f"{preset}-{model_type}.pt"
+    if not path.exists():
+        make_checkpoint(path, preset, model_type, seed=0)
+    lm = load_checkpoint(path)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
+                                                           else torch.float32)
+    runners = {m: TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
+                             horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=stream_priority,
+                             compile=args.compile, stage_timing=m) for m in modes}
+    rng = np.random.default_rng(0)
+    first = runners[modes[0]]
+    vl, sensor, robot = (rng.standard_normal(buf.shape).astype(np.float32)
+                         for buf in (first.vl_in, first.sensor_in, first.robot_in))
+    iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[preset]
+    warm = max(2, iters // 10)
+    wall = {m: [] for m in modes}
+    parts = {m: [] for m in modes}
+    deadline = time.monotonic() + args.max_seconds
+    for i in range(warm + iters):
+        for m, runner in runners.items():
+            t = time.perf_counter_ns()
+            runner.vl_in[:] = vl                # as in bench_preset: the fill counts to the tick
+            runner.sensor_in[:] = sensor
+            runner.robot_in[:] = robot
+            res = runner.run()
+            if i >= warm:
+                wall[m].append((time.perf_counter_ns() - t) / 1e6)
+                parts[m].append((res.sensor_encoding_ms, res.robot_encoding_ms, res.action_prediction_ms))
+        if time.monotonic() > deadline and len(wall[modes[0]]) >= 3:
+            break
+    rows = [{"requested": m, "stage_timing": r.stage_timing, "capture_refused": r.capture_refused,
+             "graphs": len(r.graphs), "graph_copies": r.graph_copies, "tick": _stats(wall[m]),
+             "split_p50_ms": _split_p50(parts[m])} for m, r in runners.items()]
+    cost = {}
+    if "off" in wall:
+        off = np.asarray(wall["off"])
+        cost = {m: {"p50_us": float((np.median(wall[m]) - np.median(off)) * 1e3),
+                    "mean_us": float((np.mean(wall[m]) - off.mean()) * 1e3)} for m in modes if m != "off"}
+    return {"preset": preset, "model_type": lm.info.model_type, "device": args.device,
+            "dtype": str(dtype).replace("torch.", ""), "stream_priority": stream_priority,
+            "n": len(wall[modes[0]]), "modes": rows,
+            "cost_vs_off": cost}
 
 
 def _env_pairs(items: list[str]) -> dict:
@@ -134,6 +193,10 @@ def main(argv=None) -> int:
                     help="CUDA: priority of the runner's stream (lower = higher priority, e.g. -1); a comma "
                          "list measures each in turn (e.g. 0,-1: next to the same --vl-load)")
     ap.add_argument("--compile", action="store_true", help="TickRunner(compile=True): torch.compile velocity/encoders")
+    ap.add_argument("--stage-timing", choices=STAGE_TIMINGS, default="events",
+                    help="how our runner times its stages (shm_vla/model/runner.py)")
+    ap.add_argument("--compare-stage-timing", default="", metavar="MODES",
+                    help="instead of the seed comparison: the cost of each stage timing (e.g. events,graphs,off)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vl-load", action="store_true", help="run bench/vl.py on the same device meanwhile")
     ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "tiny-qwen", "random-qwen-3b"),
@@ -143,6 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     priorities = [int(p) for p in str(args.stream_priority).split(",") if p.strip()]
+    compare = [m.strip() for m in args.compare_stage_timing.split(",") if m.strip()]
+    if any(m not in STAGE_TIMINGS for m in compare):
+        ap.error(f"--compare-stage-timing takes {', '.join(STAGE_TIMINGS)}, got {args.compare_stage_timing!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     child = None
@@ -155,8 +221,12 @@ def main(argv=None) -> int:
             raise SystemExit(f"the VL load did not start: {line!r}")
     try:
         with tempfile.TemporaryDirectory() as d:
-            results = [bench_preset(p.strip(), args.model_type, prio, args, Path(d))
-                       for p in args.presets.split(",") if p for prio in priorities]
+            if compare:
+                results = [compare_stage_timing(p.strip(), args.model_type, compare, priorities[0], args, Path(d))
+                           for p in args.presets.split(",") if p]
+            else:
+                results = [bench_preset(p.strip(), args.model_type, prio, args, Path(d))
+                           for p in args.presets.split(",") if p for prio in priorities]
     finally:
         if child is not None:
             child.terminate()
@@ -169,7 +239,12 @@ def main(argv=None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{report['command']}  ({report['machine']})")
-        for r in results:
+        for r in (results if compare else []):
+            for m in r["modes"]:
+                print(f"{r['preset']:<10} stage timing {m['requested']:<7} (in effect {m['stage_timing']}) tick p50 "
+                      f"{m['tick']['p50_ms']:8.3f} ms, split p50 {m['split_p50_ms']}, "
+                      f"cost vs off {r['cost_vs_off'].get(m['requested'])}")
+        for r in ([] if compare else results):
             o, s = r["ours"], r["seed_style"]
             print(f"{r['preset']:<10} {r['model_type']:<14} {r['device']:<6} ours p50 {o['p50_ms']:8.2f} p99 "
                   f"{o['p99_ms']:8.2f} max {o['max_ms']:8.2f} | seed-style p50 {s['p50_ms']:8.2f} p99 "

@@ -38,7 +38,7 @@ def _usage() -> str:
 def _bench(argv: list[str]) -> int:
     """Benchmarks live in the checkout's bench/ folder as plain scripts."""
     if not argv or argv[0] in ("-h", "--help"):
-        names = sorted(p.stem.replace("_", "-") for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+        names = sorted(p.stem.replace("_", "-") for p in BENCH_DIR.glob("[!_]*.py")) if BENCH_DIR.is_dir() else []
         print("usage: shm-vla bench <name> [args]\nbenchmarks: " + ", ".join(names))
         return 0 if argv else 2
     script = BENCH_DIR / (argv[0].replace("-", "_") + ".py")

@@ -114,6 +114,7 @@ class ModelConfig:
     cuda_graph: bool = True            # capture the tick when on CUDA
     act_stream_priority: int = -1      # CUDA: priority of the tick's stream (lower is higher; 0 normal)
     act_compile: bool = False          # torch.compile the heads before capture (slower start-up)
+    stage_timing: str = "events"       # per-stage tick times: "events" | "graphs" | "off" (model/runner.py)
     act_threads: int = 1               # torch CPU threads of the action process (2 cores: no oversubscription)
     vl_threads: int = 1                # torch CPU threads of the VL process
     seed: int = 0
@@ -197,6 +198,7 @@ _CHOICES = {
     ("model", "backbone"): ("compact", "qwen2.5-vl"),
     ("model", "flow_solver"): ("euler", "rk4"),
     ("model", "act_dtype"): ("float32", "bfloat16", "float16"),
+    ("model", "stage_timing"): ("events", "graphs", "off"),
     ("vl", "view_policy"): ("newest", "max_skew"),
     ("camera", "channel_order"): ("RGB", "BGR"),
 }

@@ -34,6 +34,7 @@ HEALTHY_AFTER_S = 30.0        # a child up this long gets its backoff reset
 HANG_CHECK_PERIOD_S = 0.5     # heartbeats are read this often (each read maps a stats segment)
 HANG_KILL_GRACE_S = 2.0       # after SIGABRT for a hang, SIGKILL if the child still runs
 SHM_FULL_TRIES = 3            # starts of a child that end in EXIT_SHM_FULL before the run stops
+SIM_CHECKPOINT_DIR = ".sim-checkpoints"   # under --out: tiny checkpoints made for --sim without one
 MODEL_TYPES = {"flow": "flow_matching", "regression": "regression"}
 
 
@@ -268,6 +269,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _checkpoint_override(path: str) -> str:
+    return f"model.checkpoint={os.path.abspath(path)!r}".replace("'", '"')
+
+
+def _no_checkpoint(model_type: str) -> str:
+    return (f"no checkpoint configured (model.checkpoint is empty): give --checkpoint PATH, make one with "
+            f"`shm-vla make-checkpoint --type {model_type} PATH` (random weights, to try the pipeline), "
+            f"or add --sim to run the simulated cell on a generated tiny one")
+
+
+def _sim_checkpoint(out: str, model_type: str) -> str:
+    """--sim without a checkpoint: a tiny random-init one of the asked type, made once under
+    ``out`` (as `make demo` does; nothing is fetched)."""
+    from .model.make_checkpoint import make_checkpoint
+    path = os.path.join(out, SIM_CHECKPOINT_DIR, f"tiny_{model_type}.pt")
+    if os.path.exists(path):
+        what = "using the tiny checkpoint generated earlier"
+    else:
+        make_checkpoint(path, "tiny", model_type)         # written to a temporary name, then renamed
+        what = "generated a tiny checkpoint"
+    print(f"shm-vla run: --sim without a checkpoint: {what}: {path} (random weights, not a trained model)",
+          file=sys.stderr, flush=True)
+    return path
+
+
 def _check_checkpoint(cfg, model_type: str):
     from .model import load_checkpoint
     loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
@@ -310,10 +336,16 @@ def _check_before_start(cfg) -> None:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.checkpoint:
-        args.overrides.append(f"model.checkpoint={os.path.abspath(args.checkpoint)!r}".replace("'", '"'))
+        args.overrides.append(_checkpoint_override(args.checkpoint))
     cfg = configmod.from_args(args)
     args.out = os.path.abspath(args.out or cfg.record.out_dir)
+    if not cfg.model.checkpoint and not args.sim:
+        print(f"shm-vla run: {_no_checkpoint(args.model_type)}", file=sys.stderr)
+        return configmod.EXIT_CONFIG_ERROR
     os.makedirs(args.out, exist_ok=True)
+    if not cfg.model.checkpoint:
+        args.overrides.append(_checkpoint_override(_sim_checkpoint(args.out, args.model_type)))
+        cfg = configmod.from_args(args)              # the children get it through the same override
     from .model import CheckpointError
     try:
         info = _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children

@@ -8,12 +8,16 @@ from ..config import ConfigError
 from ..process import run_process
 
 KINDS = ("camera", "robot", "sensor")
+USAGE = (f"usage: shm-vla ingest {{{'|'.join(KINDS)}}} --instance NAME [--config PATH] [--set K=V]\n"
+         f"  (shm-vla ingest KIND --help: the options of one)")
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.splitlines()[0] + "\n\n" + USAGE)
+        return 0
     if not argv or argv[0] not in KINDS:
-        print(f"usage: shm-vla ingest {{{'|'.join(KINDS)}}} --instance NAME [--config PATH] [--set K=V]",
-              file=sys.stderr)
+        print((f"shm-vla ingest: unknown input {argv[0]!r}\n" if argv else "") + USAGE, file=sys.stderr)
         return 2
     kind = argv[0]
     module = importlib.import_module(f"shm_vla.ingest.{kind}")

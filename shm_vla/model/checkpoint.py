@@ -159,7 +159,8 @@ def load_checkpoint(path: str | os.PathLike, model_cfg: Any = None, sensor_windo
     checkpoint's tensors say; the message names the file, the key and both values.
     """
     if not str(path):
-        raise CheckpointError("no checkpoint configured (model.checkpoint is empty)")
+        raise CheckpointError("no checkpoint configured (model.checkpoint is empty; make one with "
+                              "`shm-vla make-checkpoint --type flow|regression PATH`)")
     sd, extra = read_checkpoint(path)
     flow_horizon = int(getattr(model_cfg, "flow_horizon", 8)) if model_cfg is not None else 8
     return load_state_dict_model(sd, path=str(path), sensor_window=sensor_window, flow_horizon=flow_horizon,

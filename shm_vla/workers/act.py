@@ -28,6 +28,8 @@ from ..shm.segment import ShmError
 from ..streams import DP_DIMS, HOLD_REASONS, Streams
 from .rolling import RollingGauges
 
+STAGE_FIELDS = ("sensor_encoding_ms", "robot_encoding_ms", "action_prediction_ms")
+
 
 class Inputs:
     """The three input rings and the per-tick metadata buffers."""
@@ -114,6 +116,8 @@ class ActWorker:
         self._blank["actions"] = np.nan
         self._blank["delta"] = np.nan
         self._blank["dp"] = np.nan
+        for stage in STAGE_FIELDS:                       # a held tick ran no stage: not measured, not 0
+            self._blank[stage] = np.nan
         # Auto-start moves the robot to its start joints: never again in a session that has
         # already ticked (act restarted after a crash finds the results ring non-empty).
         self.started = not cfg.act.auto_start or results_ring.head > 0
@@ -207,7 +211,7 @@ class ActWorker:
         rec["has_delta"] = res.delta is not None
         if res.delta is not None:
             rec["delta"] = res.delta
-        rec["sensor_encoding_ms"] = res.sensor_encoding_ms
+        rec["sensor_encoding_ms"] = res.sensor_encoding_ms         # NaN where the split is not measured
         rec["robot_encoding_ms"] = res.robot_encoding_ms
         rec["action_prediction_ms"] = res.action_prediction_ms
         if not np.isfinite(res.actions).all():
@@ -256,7 +260,19 @@ def make_runner(cfg, loaded):
     return TickRunner(loaded, device=cfg.model.act_device, dtype=dtype, flow_steps=cfg.model.flow_steps,
                       solver=cfg.model.flow_solver, horizon=cfg.model.flow_horizon,
                       use_cuda_graph=cfg.model.cuda_graph, stream_priority=cfg.model.act_stream_priority,
-                      compile=cfg.model.act_compile)
+                      compile=cfg.model.act_compile, stage_timing=cfg.model.stage_timing)
+
+
+def _log_stage_timing(rt: Runtime, runner) -> None:
+    """Say once when the per-stage times are not what the config asked for, or off."""
+    wanted = rt.cfg.model.stage_timing
+    if runner.stage_timing != wanted:
+        rt.log.warning("model.stage_timing %r refused by the CUDA graph (%s); using %r", wanted,
+                       "; ".join(runner.capture_refused), runner.stage_timing)
+    if runner.stage_timing == "off":
+        rt.log.warning("per-stage tick times off: sensor/robot encoding and action prediction times are "
+                       "recorded as not measured (NaN in the results ring, null in the session files)%s",
+                       "" if wanted == "off" else '; try model.stage_timing = "graphs"')
 
 
 def run(rt: Runtime) -> int:
@@ -268,6 +284,7 @@ def run(rt: Runtime) -> int:
     info = loaded.info
     runner = make_runner(cfg, loaded)
     runner.run()                                   # warm-up (and graph capture on CUDA)
+    _log_stage_timing(rt, runner)
     results = streams.create_results(info.horizon, info.action_dim)
     rings = [attach_when_ready(rt, fn, what) for fn, what in (
         (lambda: streams.attach_vl(info.vl_dim), "the VL feature"),

@@ -2,7 +2,8 @@
 
 * the fixtures reproduce on CUDA in float32 (TF32 off);
 * the bf16 TickRunner with one CUDA graph equals the same runner without a graph (same kernels),
-  stays within the bf16 band of the float32 CPU runner, and its timings are sane;
+  stays within the bf16 band of the float32 CPU runner, and its timings are sane (per-stage
+  times: tests/gpu/test_stage_timing_gpu.py);
 * the compact backbone agrees between CPU and CUDA; the qwen fast path (tiny model) too.
 """
 from __future__ import annotations
@@ -66,8 +67,10 @@ def test_graph_runner(tmp_path, preset, model_type):
         np.testing.assert_allclose(a.actions, b.actions, atol=1e-3, rtol=0)
         scale = max(1.0, float(np.abs(c.actions).max()))
         assert np.abs(a.actions - c.actions).max() < 0.1 * scale
-        assert not a.timing_split and a.action_prediction_ms > 0 and a.total_ms >= a.action_prediction_ms
-        assert b.timing_split and b.sensor_encoding_ms > 0
+        for res in (a, b):              # the graph too has the split (stage_timing "events")
+            stages = (res.sensor_encoding_ms, res.robot_encoding_ms, res.action_prediction_ms)
+            assert res.timing_split and min(stages) >= 0 and res.action_prediction_ms > 0
+            assert sum(stages) <= res.total_ms
     # inputs written after capture reach the graph
     graph.robot_in[-1] += 1.0
     assert not np.array_equal(graph.run(noise_seed=0).actions.copy(), a.actions)

@@ -162,3 +162,32 @@ def test_make_runner_follows_the_model_config(tmp_path, instance):
     loaded = load_checkpoint(make_checkpoint(tmp_path / "flow.pt", "tiny", "flow"), cfg.model)
     runner = make_runner(cfg, loaded)
     assert (runner.flow_steps, runner.solver, runner.compiled, runner.horizon) == (3, "rk4", True, 8)
+    assert runner.stage_timing == "events"
+
+
+STAGES = ("sensor_encoding_ms", "robot_encoding_ms", "action_prediction_ms")
+
+
+def test_stage_times_are_measured_and_a_held_tick_has_none(rig):
+    """Issue 11 item 5: a tick that ran has its split; a held tick ran no stage: NaN, never 0."""
+    worker, rings, results, sink, cfg = rig
+    worker.tick(time.monotonic_ns(), 0.0)
+    held = _last_result(results)
+    assert HOLD_REASONS[held["held"]] == "no_vl_feature"
+    assert all(np.isnan(held[f]) for f in STAGES) and held["total_ms"] > 0
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    ran = _last_result(results)
+    assert ran["held"] == 0 and all(ran[f] > 0 for f in STAGES)
+    assert sum(ran[f] for f in STAGES) <= ran["total_ms"]
+
+
+def test_stage_timing_off_records_not_measured(rig, instance):
+    worker, rings, results, sink, cfg = rig
+    cfg.model.stage_timing = "off"
+    worker.runner = make_runner(cfg, worker.runner.heads)
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert r["held"] == 0 and r["sent"] == 1                # the command does not depend on the timing
+    assert all(np.isnan(r[f]) for f in STAGES) and r["total_ms"] > 0

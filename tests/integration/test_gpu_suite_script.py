@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CORE_STEPS = ["env", "gpu-tests", "ah_graph", "vl_big", "ah_vl_load"]
+CORE_STEPS = ["env", "gpu-tests", "ah_graph", "ah_stage_timing", "vl_big", "ah_vl_load"]
 
 
 def _suite(tmp_path: Path, part: str, budget: int | None = None, timeout: float = 280) -> list[dict]:
@@ -38,6 +38,14 @@ def test_smoke_part_runs_every_core_step(tmp_path):
     vl = steps["vl_big"]["result"]["results"]
     assert [r["mode"] for r in vl] == ["batched", "batched-windows", "preprocess-streams", "streams", "reference"]
     assert all("error" not in r and r["p50_ms"] > 0 for r in vl), vl
+    graph = steps["ah_graph"]["result"]["results"][0]
+    assert graph["stage_timing"] == "events" and graph["ours_split_p50_ms"]["sensor"] > 0
+    timing = steps["ah_stage_timing"]["result"]["results"][0]      # what the stage times cost
+    assert [m["requested"] for m in timing["modes"]] == [m["stage_timing"] for m in timing["modes"]] \
+        == ["events", "graphs", "off"]
+    assert all(m["tick"]["n"] > 0 for m in timing["modes"]) and timing["stream_priority"] == -1
+    assert timing["modes"][0]["split_p50_ms"]["action"] > 0 and timing["modes"][2]["split_p50_ms"] is None
+    assert set(timing["cost_vs_off"]) == {"events", "graphs"}
     load = steps["ah_vl_load"]["result"]
     assert load["vl_load"] == "tiny-qwen"
     assert [r["stream_priority"] for r in load["results"]] == [0, -1]

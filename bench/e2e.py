@@ -217,14 +217,17 @@ def side_result(side: Side) -> dict:
     timings = side.timings_file()
     if timings is None or side.window is None:
         raise RuntimeError(f"{side.name}: no timings file")
-    windowed = window_file(timings, side.window, side.dir / "window_timings.jsonl")
+    windowed = window_file(timings, side.window, side.dir / "performance_timings_window.jsonl")
+    held = analyze.held_file_of(timings)      # shm-vla keeps held ticks apart: window them too
+    if held is not None:
+        window_file(held, side.window, side.dir / "held_ticks_window.jsonl")
     report = analyze.analyze(analyze.load_session(windowed))
     fresh = report["freshness"]
     duration = side.window[1] - side.window[0]
     return {
         "session_dir": str(timings.parent),
         "window_s": duration,
-        "ticks": report["records"]["actions"],
+        "ticks": report["records"]["actions"] + report["records"]["held"],
         "expected_ticks": int(round(duration * TICK_HZ)),
         "rate_hz": report["rate_hz"],
         "jitter_ms": _short(report["jitter"]),

@@ -1,8 +1,10 @@
 """`shm-vla analyze PATH [--plot FILE.png] [--compare OTHER] [--json]`: session postmortem.
 
 PATH is a session directory (async_inference_<stamp>/, or a folder of them: the newest is
-taken) or one timings file, JSON Lines or the older JSON-list format. Bad input never
-gives a traceback: what is valid is analysed and the rest is named in warnings.
+taken) or one timings file, JSON Lines or the older JSON-list format; the held ticks file
+beside it (held_ticks_<stamp>.jsonl) is read too. Stage times come from the ticks that ran,
+jitter and input freshness from every tick. Bad input never gives a traceback: what is
+valid is analysed and the rest is named in warnings.
 Exit codes: 0 something was analysed, 1 nothing valid (or a requested plot or comparison
 could not be made), 2 usage error. The --json schema is in docs/SESSION_FILES.md.
 """
@@ -22,8 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from shm_vla.workers.session_stats import (
-    ACTION_FIELDS, FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, STAGE_FIELDS, VL_FIELDS,
-    VL_OPTIONAL_FIELDS, VlUpdateFilter, is_action_record, number,
+    ACTION_EXTRA_FIELDS, ACTION_FIELDS, FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, STAGE_FIELDS,
+    VL_EXTRA_FIELDS, VlUpdateFilter, is_action_record, is_held, number, stage_ms,
 )
 
 SCHEMA_VERSION = 1
@@ -33,10 +35,11 @@ NEEDS_OPTIMIZATION = "NEEDS OPTIMIZATION"
 WORST_OUTLIERS = 5
 MAX_LISTED_LINES = 5
 EXIT_OK, EXIT_NOTHING_VALID, EXIT_USAGE = 0, 1, 2
-_ACTION_COLUMNS = ("timestamp", "action_id", LATENESS_FIELD) + tuple(
-    f for name, f in STAGE_FIELDS.items() if name != "vl_encoding") + tuple(FRESHNESS_FIELDS.values())
+TICK_STAGES = tuple(name for name in STAGE_FIELDS if name != "vl_encoding")
+# Columns of every tick: fields by name, stage times by stage name (stage_ms), "held" 0/1.
+_TICK_COLUMNS = ("timestamp", "action_id", LATENESS_FIELD, "held") + TICK_STAGES + tuple(FRESHNESS_FIELDS.values())
 _OPTIONAL_FIELDS = (LATENESS_FIELD, HELD_FIELD) + tuple(FRESHNESS_FIELDS.values())
-_KNOWN_FIELDS = frozenset(ACTION_FIELDS + VL_FIELDS + VL_OPTIONAL_FIELDS)
+_KNOWN_FIELDS = frozenset(ACTION_FIELDS + ACTION_EXTRA_FIELDS + VL_EXTRA_FIELDS)
 MAX_UNKNOWN_FIELDS = 20
 
 
@@ -45,6 +48,16 @@ class InputError(Exception):
 
 
 # --------------------------------------------------------------------------- finding the file
+def held_file_of(timings_file: Path) -> Path | None:
+    """The held ticks file beside a session's timings file, if there is one."""
+    name = timings_file.name
+    if not name.startswith("performance_timings_"):
+        return None
+    stamp = name.removeprefix("performance_timings_").rsplit(".", 1)[0]
+    held = timings_file.with_name(f"held_ticks_{stamp}.jsonl")
+    return held if held.is_file() else None
+
+
 def find_timings_file(path: Path) -> tuple[Path, list[str]]:
     """The timings file for PATH and notes on how it was chosen; InputError when there is none."""
     if not path.exists():
@@ -123,6 +136,7 @@ class Session:
 
     source: Path
     timings_file: Path
+    held_file: Path | None
     format: str
     warnings: list[str] = field(default_factory=list)
     columns: dict[str, np.ndarray] = field(default_factory=dict)
@@ -134,15 +148,21 @@ class Session:
     recorder: dict | None = None
 
     @property
+    def held(self) -> np.ndarray:
+        """True for each tick whose command was withheld."""
+        return self.columns["held"] > 0
+
+    @property
     def n_actions(self) -> int:
-        return len(self.columns.get("timestamp", ()))
+        """Ticks that ran (not held)."""
+        return int((~self.held).sum())
 
 
 class _ColumnBuilder:
     """Collects the fields the analysis needs; memory is 8 bytes per value, not a dict per record."""
 
     def __init__(self) -> None:
-        self.columns = {name: array("d") for name in _ACTION_COLUMNS}
+        self.columns = {name: array("d") for name in _TICK_COLUMNS}
         self.vl_timestamps, self.vl_times_ms = array("d"), array("d")
         self.holds: Counter = Counter()
         self.vl_filter = VlUpdateFilter()
@@ -151,23 +171,34 @@ class _ColumnBuilder:
         self.unknown_fields: set[str] = set()
         self.records = self.invalid_records = 0
 
-    def add(self, record: Any) -> None:
+    def add(self, record: Any, held_file: bool = False) -> None:
+        """One line of the timings file, or (held_file) of the held ticks file."""
         if not isinstance(record, dict):
             self.invalid_records += 1
             return
         self.records += 1
         if len(self.unknown_fields) < MAX_UNKNOWN_FIELDS:
             self.unknown_fields.update(k for k in record if k not in _KNOWN_FIELDS)
-        if self.vl_filter.is_new_update(record):
+        if not held_file and self.vl_filter.is_new_update(record):
             self.vl_times_ms.append(number(record, "vl_update_time"))
             self.vl_timestamps.append(self._value(record, "timestamp"))
-        if is_action_record(record):
-            for name, column in self.columns.items():
+        if held_file or is_action_record(record):
+            self._add_tick(record, held_file)
+
+    def _add_tick(self, record: dict, held_file: bool) -> None:
+        held = held_file or is_held(record)
+        for name, column in self.columns.items():
+            if name == "held":
+                column.append(1.0 if held else 0.0)
+            elif name in STAGE_FIELDS:
+                value = None if held else stage_ms(record, name)
+                self._value(record, STAGE_FIELDS[name])        # counts a bad value
+                column.append(math.nan if value is None else value)
+            else:
                 column.append(self._value(record, name))
-            held = record.get(HELD_FIELD)
-            if held not in (None, False, ""):
-                self.holds[str(held)] += 1
-            self.missing.update(name for name in _OPTIONAL_FIELDS if name not in record)
+        if held:
+            self.holds[str(record.get(HELD_FIELD) or "unnamed")] += 1
+        self.missing.update(name for name in _OPTIONAL_FIELDS if name not in record)
 
     def _value(self, record: dict, name: str) -> float:
         value = number(record, name)
@@ -185,8 +216,8 @@ class _ColumnBuilder:
             notes.append("unknown fields ignored: " + ", ".join(sorted(self.unknown_fields)))
         for name, count in sorted(self.invalid_values.items()):
             notes.append(f"{count} non-numeric or non-finite value(s) of {name}, treated as missing")
-        n_actions = len(self.columns["timestamp"])
-        absent = sorted(name for name, count in self.missing.items() if count == n_actions and n_actions)
+        n_ticks = len(self.columns["timestamp"])
+        absent = sorted(name for name, count in self.missing.items() if count == n_ticks and n_ticks)
         if absent:
             notes.append("fields absent (an older format?): " + ", ".join(absent))
         return notes
@@ -202,6 +233,12 @@ def load_session(path: Path) -> Session:
         reader = _iter_json_list if fmt == "json-list" else _iter_json_lines
         for record in reader(timings_file, warnings):
             builder.add(record)
+        held_file = held_file_of(timings_file)
+        if held_file is not None:
+            held_warnings: list[str] = []
+            for record in _iter_json_lines(held_file, held_warnings):
+                builder.add(record, held_file=True)
+            warnings += [f"{held_file.name}: {w}" for w in held_warnings]
     except OSError as exc:   # unreadable file or folder, a device, permissions
         raise InputError(f"{exc.filename or path}: cannot read: {exc.strerror or exc}") from None
     warnings += builder.notes()
@@ -209,7 +246,7 @@ def load_session(path: Path) -> Session:
         detail = ("; " + "; ".join(warnings)) if warnings else ""
         raise InputError(f"{timings_file}: no valid timing records{detail}")
     return Session(
-        source=path, timings_file=timings_file, format=fmt, warnings=warnings,
+        source=path, timings_file=timings_file, held_file=held_file, format=fmt, warnings=warnings,
         columns={name: np.frombuffer(col, dtype=np.float64) for name, col in builder.columns.items()},
         vl_timestamps=np.frombuffer(builder.vl_timestamps, dtype=np.float64),
         vl_times_ms=np.frombuffer(builder.vl_times_ms, dtype=np.float64),
@@ -254,7 +291,7 @@ def verdict(p95_total_ms: float | None) -> dict:
 def _outliers(session: Session, threshold_ms: float | None) -> dict | None:
     if threshold_ms is None:
         return None
-    total = session.columns["total_time"]
+    total = np.where(session.held, np.nan, session.columns["total"])
     over = np.flatnonzero(np.isfinite(total) & (total > threshold_ms))
     worst = over[np.argsort(total[over])[::-1][:WORST_OUTLIERS]]
     start_s = _start_s(session)
@@ -262,7 +299,7 @@ def _outliers(session: Session, threshold_ms: float | None) -> dict | None:
         {"action_id": _int_or_none(session.columns["action_id"][i]),
          "t_s": _float_or_none(session.columns["timestamp"][i] - start_s),
          "total_ms": float(total[i]),
-         "action_prediction_ms": _float_or_none(session.columns["action_prediction_time"][i])}
+         "action_prediction_ms": _float_or_none(session.columns["action_prediction"][i])}
         for i in worst]}
 
 
@@ -281,6 +318,7 @@ def _int_or_none(value: float) -> int | None:
 
 
 def _duration_and_rate(session: Session) -> tuple[float | None, float | None]:
+    """The achieved tick rate: every tick counts, held or not (holds are reported apart)."""
     stamps = session.columns["timestamp"]
     stamps = stamps[np.isfinite(stamps)]
     if stamps.size < 2:
@@ -292,20 +330,20 @@ def _duration_and_rate(session: Session) -> tuple[float | None, float | None]:
 
 def analyze(session: Session) -> dict:
     """Everything the report shows, as plain JSON-ready data (schema in docs/SESSION_FILES.md)."""
-    cols = session.columns
-    stages = {name: describe(session.vl_times_ms if name == "vl_encoding" else cols[field_name])
-              for name, field_name in STAGE_FIELDS.items()}
+    cols, held = session.columns, session.held
+    stages = {name: describe(session.vl_times_ms if name == "vl_encoding" else cols[name][~held])
+              for name in STAGE_FIELDS}
     duration_s, rate_hz = _duration_and_rate(session)
     p95_total_ms = stages["total"]["p95_ms"] if stages["total"] else None
-    n_actions = session.n_actions
+    n_actions, n_held = session.n_actions, int(held.sum())
     warnings = list(session.warnings)
     if n_actions == 0:
-        warnings.append("no action records (only VL updates): no verdict")
+        warnings.append("no action records (only VL updates or held ticks): no verdict")
     return {
         "schema_version": SCHEMA_VERSION,
         "source": {"path": str(session.source), "timings_file": str(session.timings_file),
-                   "format": session.format},
-        "records": {"read": session.records_read, "actions": n_actions,
+                   "held_file": str(session.held_file) if session.held_file else None, "format": session.format},
+        "records": {"read": session.records_read, "actions": n_actions, "held": n_held,
                     "vl_updates": int(session.vl_times_ms.size), "invalid": session.invalid_records},
         "warnings": warnings,
         "duration_s": duration_s,
@@ -314,8 +352,8 @@ def analyze(session: Session) -> dict:
         "outliers": _outliers(session, p95_total_ms),
         "jitter": describe(np.abs(cols[LATENESS_FIELD])),
         "freshness": {name: describe(cols[f]) for name, f in FRESHNESS_FIELDS.items()},
-        "holds": {"total": sum(session.holds.values()), "by_reason": dict(sorted(session.holds.items())),
-                  "fraction": (sum(session.holds.values()) / n_actions) if n_actions else None},
+        "holds": {"total": n_held, "by_reason": dict(sorted(session.holds.items())),
+                  "fraction": n_held / (n_actions + n_held) if n_actions + n_held else None},
         "verdict": verdict(p95_total_ms),
         "recorder": session.recorder,
     }
@@ -372,7 +410,8 @@ def _table(title: str, rows: dict[str, dict | None]) -> list[str]:
 def render_text(report: dict) -> str:
     rec = report["records"]
     lines = [f"session: {report['source']['timings_file']} ({report['source']['format']})",
-             f"records: {rec['read']} read, {rec['actions']} actions, {rec['vl_updates']} VL updates"]
+             f"records: {rec['read']} read, {rec['actions']} actions, {rec['held']} held ticks,"
+             f" {rec['vl_updates']} VL updates"]
     lines += [f"warning: {w}" for w in report["warnings"]]
     lines.append(f"duration: {_fmt(report['duration_s'])} s   achieved rate: {_fmt(report['rate_hz'])} Hz")
     lines += [""] + _table("latency per stage", report["stages"])
@@ -425,13 +464,13 @@ def plot(session: Session, report: dict, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols, start_s = session.columns, _start_s(session)
+    cols, start_s, ran = session.columns, _start_s(session), ~session.held
     t_s = cols["timestamp"] - start_s
     fig = plt.figure(figsize=(18, 11), constrained_layout=True)
     grid = fig.add_gridspec(3, len(STAGE_FIELDS))
-    for i, (name, field_name) in enumerate(STAGE_FIELDS.items()):
+    for i, name in enumerate(STAGE_FIELDS):
         ax = fig.add_subplot(grid[0, i])
-        values = session.vl_times_ms if name == "vl_encoding" else cols[field_name]
+        values = session.vl_times_ms if name == "vl_encoding" else cols[name][ran]
         values = values[np.isfinite(values)]
         if values.size:
             ax.hist(values, bins=50, color=f"C{i}")
@@ -440,8 +479,8 @@ def plot(session: Session, report: dict, out_path: Path) -> None:
         ax.set_title(f"{name} (n={values.size})")
         ax.set_xlabel("ms")
     timeline = fig.add_subplot(grid[1, :])
-    timeline.plot(t_s, cols["total_time"], ".", ms=2, label="total latency")
-    timeline.plot(t_s, cols["action_prediction_time"], ".", ms=2, label="action prediction")
+    timeline.plot(t_s[ran], cols["total"][ran], ".", ms=2, label="total latency")
+    timeline.plot(t_s[ran], cols["action_prediction"][ran], ".", ms=2, label="action prediction")
     timeline.plot(t_s, cols[LATENESS_FIELD], ".", ms=2, label="tick lateness")
     vl_t_s = session.vl_timestamps[np.isfinite(session.vl_timestamps)] - start_s
     if vl_t_s.size:

@@ -28,6 +28,9 @@ from .session_files import SessionWriter, recover
 from .session_state import SessionBusy, SessionState, plan_session
 
 WAIT_S = 0.1
+# The hold reasons act finds after the model ran (act._infer): such a tick's stage times are
+# real; on every other held tick no model ran and its stage times are not recorded.
+MODEL_RAN_HOLDS = frozenset({"nonfinite_output"})
 SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)
 
 
@@ -102,11 +105,16 @@ class Recorder:
     # ---- record conversion
     def _action(self, r, meta) -> None:
         held = HOLD_REASONS[int(r["held"])]
+        ran = not held or held in MODEL_RAN_HOLDS
+        total_ms = _num(r["total_ms"])
         timing = {
             "timestamp": float(r["timestamp"]), "action_id": int(r["action_id"]),
             "vl_update_number": int(r["vl_update_number"]), "vl_update_time": 0.0,
-            "sensor_encoding_time": _num(r["sensor_encoding_ms"]), "robot_encoding_time": _num(r["robot_encoding_ms"]),
-            "action_prediction_time": _num(r["action_prediction_ms"]), "total_time": _num(r["total_ms"]),
+            # measured stage times, None where not timed on its own (NaN in the ring) or not run
+            "sensor_encoding_time": _num(r["sensor_encoding_ms"]) if ran else None,
+            "robot_encoding_time": _num(r["robot_encoding_ms"]) if ran else None,
+            "action_prediction_time": _num(r["action_prediction_ms"]) if ran else None,
+            "total_time": total_ms,
             "sensor_buffer_size": int(r["sensor_buffer_size"]), "robot_buffer_size": int(r["robot_buffer_size"]),
             "tick_lateness_ms": _num(r["tick_lateness_ms"]), "sensor_age_ms": _num(r["sensor_age_ms"]),
             "robot_age_ms": _num(r["robot_age_ms"]), "vl_age_ms": _num(r["vl_age_ms"]),
@@ -115,18 +123,19 @@ class Recorder:
             "sensor_recv_age_ms": _num(r["sensor_recv_age_ms"]), "sensor_window_age_ms": _num(r["sensor_window_age_ms"]),
             "robot_recv_age_ms": _num(r["robot_recv_age_ms"]), "robot_window_age_ms": _num(r["robot_window_age_ms"]),
         }
-        self.writer.write_timing(timing)
+        self.writer.write_timing(timing)   # a held tick goes to held_ticks_<stamp>.jsonl
         if held:
-            return   # no inference ran: nothing for inference_results
+            return   # no command: nothing for inference_results
         state = r["robot_state"]
         self.writer.write_result({
             "timestamp": float(r["timestamp"]),
             "actions": r["actions"].tolist(),
             "delta": r["delta"].tolist() if r["has_delta"] else None,
-            "inference_time": _num(r["total_ms"]),
+            "inference_time": total_ms / 1000.0,      # seconds, as deployed
             "vl_update_number": int(r["vl_update_number"]),
             "robot_state": {"joints": state[:6].tolist(), "pose": state[6:].tolist(),
                             "timestamp": float(r["robot_ts"])},
+            "inference_time_ms": total_ms, "action_id": int(r["action_id"]),
             "dp": r["dp"].tolist(), "sent": bool(r["sent"]), "clamped": bool(r["clamped"]),
         })
         self.records_written.inc()

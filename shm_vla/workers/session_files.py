@@ -25,7 +25,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from shm_vla.workers.session_state import STATE_FILE, SessionLock, SessionState, read_state
-from shm_vla.workers.session_stats import ACTION_FIELDS, VL_FIELDS, VL_OPTIONAL_FIELDS, SessionSummary
+from shm_vla.workers.session_stats import (
+    ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, MEASURED_FIELDS, SPLIT_FIELDS, VL_DEFAULTS,
+    VL_EXTRA_FIELDS, VL_REQUIRED_FIELDS, SessionSummary, deployed_split, is_held, number,
+)
 
 SESSION_PREFIX = "async_inference_"
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
@@ -67,6 +70,11 @@ class SessionPaths:
     @property
     def timings(self) -> Path:
         return self._file("performance_timings", ".jsonl")
+
+    @property
+    def held(self) -> Path:
+        """The ticks whose command was withheld (never in the files the deployed scripts read)."""
+        return self._file("held_ticks", ".jsonl")
 
     @property
     def results_json(self) -> Path:
@@ -377,14 +385,39 @@ def _copy_bytes(source, target, n_bytes: int) -> None:
         n_bytes -= len(chunk)
 
 
-def summary_from_timings(timings: Path) -> SessionSummary:
-    """Rebuild the summary by streaming a timings file (used by recover())."""
+def summary_from_files(paths: SessionPaths) -> SessionSummary:
+    """Rebuild the summary by streaming the timings and held ticks files (resume, recover())."""
     summary = SessionSummary()
-    if timings.exists():
-        for _, _, obj in iter_json_lines(timings):
-            if isinstance(obj, dict):
-                summary.add_timing(obj)
+    for path, add in ((paths.timings, summary.add_timing), (paths.held, summary.add_held)):
+        if path.exists():
+            for _, _, obj in iter_json_lines(path):
+                if isinstance(obj, dict):
+                    add(obj)
     return summary
+
+
+def _action_line(record: dict) -> dict:
+    """The timings line of a tick that ran: the deployed fields all numbers (stand-ins for
+    the stages not timed on their own, session_stats.deployed_split), each stage's own
+    measurement in its *_ms extra."""
+    total_ms = number(record, "total_time")
+    if total_ms is None:
+        raise ValueError(f"timing record needs a total_time in ms, got {record['total_time']!r}")
+    measured = {name: number(record, name) for name in SPLIT_FIELDS}
+    line = dict(record)
+    line.update(deployed_split(measured, total_ms))
+    line.update((MEASURED_FIELDS[name], value) for name, value in measured.items())
+    if line["vl_update_time"] is None:
+        line["vl_update_time"] = 0.0
+    return line
+
+
+def _check_deployed(line: dict) -> None:
+    """The deployed scripts read every deployed field of every timings line as a number."""
+    bad = [name for name in DEPLOYED_TIMING_FIELDS if number(line, name) is None]
+    if bad:
+        raise ValueError(f"timings line needs numbers in {', '.join(bad)}: "
+                         + ", ".join(f"{name}={line.get(name)!r}" for name in bad))
 
 
 # --------------------------------------------------------------------------- the writer
@@ -430,7 +463,7 @@ class SessionWriter:
         except BaseException:
             lock.release()
             raise
-        writer.summary = summary_from_timings(paths.timings)
+        writer.summary = summary_from_files(paths)
         writer.summary.result_records = state.results_written
         writer.summary.lost_records = state.lost
         writer.frames_written = state.frames_written
@@ -453,6 +486,7 @@ class SessionWriter:
         self._close_pending = False
         self.closed = False
         self._timings = _LineFile(self.paths.timings, flush_every)
+        self._held = _LineFile(self.paths.held, flush_every)
         self._results = _LineFile(self.paths.results_jsonl, flush_every)
         self._robot: _LineFile | None = None
         self._sensor: _SensorParts | None = None
@@ -489,30 +523,47 @@ class SessionWriter:
             raise ValueError(f"{what} needs save_data=True")
 
     def write_timing(self, record: dict) -> None:
-        """One action (tick) record; every deployed and added field must be present (null allowed)."""
+        """One tick record; every field of ACTION_FIELDS must be present (null allowed).
+
+        The stage times (sensor_encoding_time, robot_encoding_time, action_prediction_time)
+        are what was measured, None where a stage was not timed on its own. A tick that ran
+        goes to performance_timings with numbers in every deployed field (_action_line); a
+        held tick (held names the reason) goes to held_ticks as given, so the deployed
+        scripts never see it.
+        """
         missing = [name for name in ACTION_FIELDS if name not in record]
         if missing:
             raise KeyError(f"timing record lacks {', '.join(missing)}")
-        self._write_timing_line(record, ACTION_FIELDS)
+        fields = ACTION_FIELDS + ACTION_EXTRA_FIELDS
+        if is_held(record):
+            self._write_line(self._held, record, fields, self.summary.add_held)
+            return
+        line = _action_line(record)
+        _check_deployed(line)
+        self._write_line(self._timings, line, fields, self.summary.add_timing)
 
     def write_vl_update(self, record: dict) -> None:
         """One VL update record: timestamp, vl_update_number, vl_update_time (> 0 ms), then
-        optionally view_skew_ms and capture_timestamps (one wall-clock s per view), extras."""
-        missing = [name for name in VL_FIELDS if name not in record]
+        optionally view_skew_ms and capture_timestamps (one wall-clock s per view), extras.
+        The other deployed fields are written as the deployed receiver does: 0."""
+        missing = [name for name in VL_REQUIRED_FIELDS if name not in record]
         if missing:
             raise KeyError(f"VL update record lacks {', '.join(missing)}")
         if not (isinstance(record["vl_update_time"], (int, float)) and record["vl_update_time"] > 0):
             raise ValueError(f"VL update record needs vl_update_time > 0, got {record['vl_update_time']!r}")
-        self._write_timing_line(record, VL_FIELDS + VL_OPTIONAL_FIELDS)
+        line = {**VL_DEFAULTS, **record}
+        _check_deployed(line)
+        self._write_line(self._timings, line, DEPLOYED_TIMING_FIELDS + VL_EXTRA_FIELDS, self.summary.add_timing)
 
-    def _write_timing_line(self, record: dict, fields: tuple) -> None:
+    def _write_line(self, stream: "_LineFile", record: dict, fields: tuple, add) -> None:
         clean = to_jsonable(_ordered(record, fields))
         with self._writing():
-            self._timings.write_line(json.dumps(clean, allow_nan=False))
-            self.summary.add_timing(clean)
+            stream.write_line(json.dumps(clean, allow_nan=False))
+            add(clean)
 
     def write_result(self, record: dict) -> None:
-        """{timestamp, actions, delta, inference_time, vl_update_number, robot_state: {joints, pose, timestamp}}."""
+        """{timestamp, actions, delta, inference_time (s, as deployed), vl_update_number,
+        robot_state: {joints, pose, timestamp}}, then any extras."""
         text = json.dumps(to_jsonable(record), allow_nan=False)
         with self._writing():
             self._results.write_line(text)
@@ -567,7 +618,7 @@ class SessionWriter:
                 stream.flush()
 
     def _streams(self) -> list:
-        return [s for s in (self._timings, self._results, self._robot, self._sensor) if s is not None]
+        return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor) if s is not None]
 
     # ---- checkpoint (session_state.py)
     def checkpoint(self, cursors: dict) -> None:
@@ -585,7 +636,7 @@ class SessionWriter:
         state = self._state
         state.phase, state.pid = phase, os.getpid()
         if phase != "closed":            # finalising removes the sensor parts: keep the last sizes
-            files = [s.path for s in (self._timings, self._results, self._robot) if s is not None]
+            files = [s.path for s in (self._timings, self._held, self._results, self._robot) if s is not None]
             files += self._sensor.paths() if self._sensor is not None else []
             state.sizes = {str(path.relative_to(self.paths.root)): path.stat().st_size for path in files}
         state.results_written = self.summary.result_records
@@ -675,7 +726,7 @@ def recover(session_dir: str | os.PathLike) -> dict:
 
 def _recover(paths: SessionPaths) -> dict:
     report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
-    for path in (paths.timings, paths.results_jsonl, paths.robot_csv):
+    for path in (paths.timings, paths.held, paths.results_jsonl, paths.robot_csv):
         if trim_partial_line(path):
             report["trimmed"].append(path.name)
     report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
@@ -685,7 +736,7 @@ def _recover(paths: SessionPaths) -> dict:
     state = read_state(paths.root)
     report["summary_written"] = not paths.summary.exists()
     if report["summary_written"]:
-        summary = summary_from_timings(paths.timings)
+        summary = summary_from_files(paths)
         summary.result_records = report["results"]
         summary.lost_records = state.lost if state is not None else 0
         write_json_atomic(paths.summary, summary.to_dict())

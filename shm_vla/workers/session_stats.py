@@ -16,19 +16,34 @@ import math
 from typing import Any, Iterable
 
 # --------------------------------------------------------------------------- record schema
-# Field names of one action record, as deployed (times in ms), then the fields this runtime adds.
-DEPLOYED_ACTION_FIELDS = (
+# The fields the deployed receiver writes on *every* line of performance_timings, in this
+# order, always numbers (times in ms): the deployed scripts read them from every line.
+DEPLOYED_TIMING_FIELDS = (
     "timestamp", "action_id", "vl_update_number", "vl_update_time", "sensor_encoding_time",
     "robot_encoding_time", "action_prediction_time", "total_time", "sensor_buffer_size",
     "robot_buffer_size",
 )
+# The per-stage times of a tick, under their deployed names.
+SPLIT_FIELDS = ("sensor_encoding_time", "robot_encoding_time", "action_prediction_time")
+# A tick line (action or held): the deployed fields, then these (null allowed).
 ADDED_ACTION_FIELDS = (
     "tick_lateness_ms", "sensor_age_ms", "robot_age_ms", "vl_age_ms", "frame_age_ms",
     "view_skew_ms", "held",
 )
-ACTION_FIELDS = DEPLOYED_ACTION_FIELDS + ADDED_ACTION_FIELDS
-VL_FIELDS = ("timestamp", "vl_update_number", "vl_update_time")   # required in a VL update record
-VL_OPTIONAL_FIELDS = ("view_skew_ms", "capture_timestamps")       # known, written after the above
+ACTION_FIELDS = DEPLOYED_TIMING_FIELDS + ADDED_ACTION_FIELDS
+# Known extras of a tick line, written after ACTION_FIELDS in this order: each stage's own
+# measurement (null where act could not time that stage on its own), then capture-time ages.
+MEASURED_FIELDS = {name: name.removesuffix("_time") + "_ms" for name in SPLIT_FIELDS}
+ACTION_EXTRA_FIELDS = tuple(MEASURED_FIELDS.values()) + (
+    "sensor_recv_age_ms", "sensor_window_age_ms", "robot_recv_age_ms", "robot_window_age_ms",
+)
+# A VL update line: the deployed fields (those that do not apply are 0, action_id too),
+# then these extras.
+VL_REQUIRED_FIELDS = ("timestamp", "vl_update_number", "vl_update_time")
+VL_DEFAULTS = {"action_id": 0, "sensor_encoding_time": 0.0, "robot_encoding_time": 0.0,
+               "action_prediction_time": 0.0, "total_time": 0.0, "sensor_buffer_size": 0,
+               "robot_buffer_size": 0}
+VL_EXTRA_FIELDS = ("view_skew_ms", "capture_timestamps")
 
 # Stage name -> field holding its time in ms (the analyzer prints them in this order).
 STAGE_FIELDS = {
@@ -61,9 +76,57 @@ def number(record: dict, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def deployed_split(measured: dict, total_ms: float) -> dict:
+    """The deployed stage fields of an action line from the measured stage times (None =
+    act could not time that stage on its own, e.g. one CUDA graph for the whole head).
+
+    The deployed scripts read these fields from every line as numbers, so a stage that was
+    not timed gets a stand-in: 0 for the encoders (the deployed scripts keep only values
+    > 0 of those two: 0 is their "not timed"), and for action_prediction_time the part of
+    total_time no timed encoder accounts for (an upper bound; never 0, which they would
+    keep as a 0 ms prediction)."""
+    out = {name: measured.get(name) for name in SPLIT_FIELDS}
+    for name in ("sensor_encoding_time", "robot_encoding_time"):
+        if out[name] is None:
+            out[name] = 0.0
+    if out["action_prediction_time"] is None:
+        timed = sum(measured.get(name) or 0.0 for name in ("sensor_encoding_time", "robot_encoding_time"))
+        out["action_prediction_time"] = max(total_ms - timed, 0.0)
+    return out
+
+
+def stage_ms(record: dict, stage: str) -> float | None:
+    """The measured time of a stage in a tick line, None where it was not timed.
+
+    Our lines carry each stage's own measurement in a `*_ms` extra (null = not timed; the
+    deployed field then holds a stand-in, see deployed_split). Lines without it (the
+    deployed receiver's, our older ones) have only the deployed field, where an encoder
+    time of 0 means "not timed", as the deployed scripts read it."""
+    field = STAGE_FIELDS[stage]
+    if field in MEASURED_FIELDS and MEASURED_FIELDS[field] in record:
+        return number(record, MEASURED_FIELDS[field])
+    value = number(record, field)
+    if field in ("sensor_encoding_time", "robot_encoding_time") and value is not None and value <= 0:
+        return None
+    return value
+
+
+def is_held(record: dict) -> bool:
+    """A tick whose command was withheld (its line names the reason)."""
+    return record.get(HELD_FIELD) not in (None, False, "")
+
+
 def is_action_record(record: dict) -> bool:
-    """An action (tick) record carries an action_id; a VL update record does not."""
-    return record.get("action_id") is not None and not isinstance(record.get("action_id"), bool)
+    """A tick line: it carries an action_id and is not a pure VL update line.
+
+    As the deployed analysis tells them apart, a line with vl_update_time > 0 reports a VL
+    update; it is a VL update only (the deployed receiver's, and ours) when no tick time
+    is in it (total_time absent or 0). Our older VL update lines had no action_id."""
+    action_id = record.get("action_id")
+    if action_id is None or isinstance(action_id, bool):
+        return False
+    vl_time_ms, total_ms = number(record, "vl_update_time"), number(record, "total_time")
+    return not (vl_time_ms is not None and vl_time_ms > 0 and not (total_ms is not None and total_ms > 0))
 
 
 class VlUpdateFilter:
@@ -216,7 +279,10 @@ _TAIL = ("count", "p50_ms", "p99_ms", "max_ms")
 
 
 class SessionSummary:
-    """Accumulates timing records into performance_summary_<stamp>.json, in bounded memory."""
+    """Accumulates timing records into performance_summary_<stamp>.json, in bounded memory.
+
+    Stage times come from the ticks that ran (the action lines); jitter, freshness and
+    holds from every tick, held ones included (the held_ticks lines)."""
 
     def __init__(self) -> None:
         self.stages = {name: RunningStats() for name in STAGE_FIELDS}
@@ -226,29 +292,38 @@ class SessionSummary:
         self._vl_filter = VlUpdateFilter()
         self.total_actions = 0
         self.timing_records = 0
+        self.held_records = 0
         self.result_records = 0
         self.lost_records = 0
         self._first_action_s: float | None = None
         self._last_action_s: float | None = None
 
     def add_timing(self, record: dict) -> None:
-        """One line of the timings file: an action record, a VL update record, or both."""
+        """One line of the timings file: an action record, a VL update record, or both
+        (an older file may also hold a held tick here)."""
         self.timing_records += 1
         if self._vl_filter.is_new_update(record):
             self.stages["vl_encoding"].add(number(record, "vl_update_time"))
         if is_action_record(record):
-            self._add_action(record)
+            self._add_tick(record)
 
-    def _add_action(self, record: dict) -> None:
-        self.total_actions += 1
-        for name, field in STAGE_FIELDS.items():
-            if name != "vl_encoding":
-                self.stages[name].add(number(record, field))
+    def add_held(self, record: dict) -> None:
+        """One line of the held ticks file."""
+        self.held_records += 1
+        self._add_tick(record)
+
+    def _add_tick(self, record: dict) -> None:
         lateness_ms = number(record, LATENESS_FIELD)
         self.lateness_abs.add(None if lateness_ms is None else abs(lateness_ms))
         for name, field in FRESHNESS_FIELDS.items():
             self.ages[name].add(number(record, field))
-        self.holds.add(record.get(HELD_FIELD))
+        if is_held(record):
+            self.holds.add(record.get(HELD_FIELD))
+            return
+        self.total_actions += 1
+        for name in STAGE_FIELDS:
+            if name != "vl_encoding":
+                self.stages[name].add(stage_ms(record, name))
         timestamp_s = number(record, "timestamp")
         if timestamp_s is not None:
             if self._first_action_s is None:
@@ -286,6 +361,7 @@ class SessionSummary:
             "holds": self.holds.to_dict(),
             "recorder": {
                 "records_written": self.timing_records,
+                "held_written": self.held_records,
                 "results_written": self.result_records,
                 "lost": self.lost_records,
             },

@@ -14,6 +14,7 @@ from procs import spawn, stop, wait_for, write_config
 from shm_vla import config
 from shm_vla.model.make_checkpoint import make_checkpoint
 from shm_vla.shm import stats as statsmod
+from shm_vla.workers.session_stats import is_action_record
 
 pytestmark = pytest.mark.slow
 RUN_S = 10.0
@@ -43,6 +44,16 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _ticks(sess: Path) -> list[dict]:
+    """Every tick of a session by action_id: the action lines of the timings and the held ticks."""
+    ticks = [t for t in _jsonl(next(sess.glob("performance_timings_*.jsonl"))) if is_action_record(t)]
+    return sorted(ticks + _jsonl(next(sess.glob("held_ticks_*.jsonl"))), key=lambda t: t["action_id"])
+
+
+def _vl_lines(sess: Path) -> list[dict]:
+    return [t for t in _jsonl(next(sess.glob("performance_timings_*.jsonl"))) if not is_action_record(t)]
+
+
 def _start(tmp_path, instance, ckpt, model, sim=True, extra=()):
     cfg_path, ports = write_config(tmp_path / "cfg.toml")
     out = tmp_path / "out"
@@ -56,14 +67,12 @@ def _check_session(out: Path, instance: str, cfg, model: str) -> None:
     """The files are complete and every command is the clamped first action of its result."""
     sess = _session(out)
     stamp = sess.name[len("async_inference_"):]
-    timings = _jsonl(sess / f"performance_timings_{stamp}.jsonl")
-    actions = [t for t in timings if t.get("action_id") is not None]
-    vl = [t for t in timings if t.get("action_id") is None]
+    ticks, vl = _ticks(sess), _vl_lines(sess)
     assert len(vl) >= 5 and all(t["vl_update_time"] > 0 for t in vl)
-    assert [a["action_id"] for a in actions] == list(range(len(actions)))   # one line per tick
+    assert [t["action_id"] for t in ticks] == list(range(len(ticks)))   # one line per tick
     results = json.loads((sess / f"inference_results_{stamp}.json").read_text())
     summary = json.loads((sess / f"performance_summary_{stamp}.json").read_text())
-    assert summary["total_actions"] == len(actions)
+    assert summary["total_actions"] == len([t for t in ticks if not t["held"]]) == len(results)
     assert summary["recorder"]["lost"] == 0
     sent = [r for r in results if r["sent"]]
     commands = [c["command"]["dp"] for c in _commands(out / f"commands_{instance}.jsonl")
@@ -125,8 +134,7 @@ def test_stale_robot_holds_commands_then_they_resume(tmp_path, instance, checkpo
         for p in sims.values():
             stop(p)
     sess = _session(out)
-    timings = _jsonl(next(sess.glob("performance_timings_*.jsonl")))
-    assert any(t.get("held") == "stale_robot" for t in timings)
+    assert any(t["held"] == "stale_robot" for t in _jsonl(next(sess.glob("held_ticks_*.jsonl"))))
 
 
 def test_act_killed_is_restarted_and_recorder_loses_nothing(tmp_path, instance, checkpoints):
@@ -146,7 +154,7 @@ def test_act_killed_is_restarted_and_recorder_loses_nothing(tmp_path, instance, 
     sess = _session(out)
     summary = json.loads(next(sess.glob("performance_summary_*.json")).read_text())
     assert summary["recorder"]["lost"] == 0
-    timings = [t for t in _jsonl(next(sess.glob("performance_timings_*.jsonl"))) if t.get("action_id") is not None]
+    timings = _ticks(sess)
     # two lifetimes of act, one numbering: the restarted act carries on the results ring's record numbers
     ids = [t["action_id"] for t in timings]
     assert ids == list(range(len(ids)))
@@ -227,8 +235,8 @@ def _kill_whole_run(sup) -> None:
 
 
 def _actions_once(sess: Path) -> list[int]:
-    """The action ids of a session's timings, checked unique, increasing and without a gap."""
-    ids = [t["action_id"] for t in _jsonl(next(sess.glob("performance_timings_*.jsonl"))) if "action_id" in t]
+    """The action ids of a session's ticks, checked unique, increasing and without a gap."""
+    ids = [t["action_id"] for t in _ticks(sess)]
     assert ids == list(range(ids[0], ids[0] + len(ids))), "an action_id repeated or missing"
     return ids
 
@@ -251,14 +259,16 @@ def test_recorder_killed_continues_its_session_with_no_duplicate_and_no_loss(tmp
     assert ids[0] == 0 and len(ids) > n_kill + 30
     _check_session(out, instance, config.load(instance, cfg_path), "flow")   # each sent action once, summary
     stamp = sess.name[len("async_inference_"):]
-    vl = [t["vl_update_number"] for t in _jsonl(sess / f"performance_timings_{stamp}.jsonl") if "action_id" not in t]
+    vl = [t["vl_update_number"] for t in _vl_lines(sess)]
     assert vl == sorted(set(vl))
     summary = json.loads((sess / f"performance_summary_{stamp}.json").read_text())
     results = json.loads((sess / f"inference_results_{stamp}.json").read_text())
-    # a held tick (e.g. while a sender's clock offset warms up) has a timing line, no result
-    ran = [t for t in _jsonl(sess / f"performance_timings_{stamp}.jsonl") if "action_id" in t and not t["held"]]
+    # a held tick (e.g. while a sender's clock offset warms up) has a held_ticks line, no result
+    held = _jsonl(sess / f"held_ticks_{stamp}.jsonl")
+    ran = [t for t in _ticks(sess) if not t["held"]]
     assert summary["recorder"]["results_written"] == len(results) == len(ran)
-    assert summary["recorder"]["records_written"] == len(ids) + len(vl)          # timing lines
+    assert summary["recorder"]["records_written"] == len(ran) + len(vl)          # timing lines
+    assert summary["recorder"]["held_written"] == len(held) == len(ids) - len(ran)
     # --save-data: the data files hold no row twice either (the rings are read on from the checkpoint)
     robot = np.loadtxt(sess / f"robot_state_{stamp}.csv", delimiter=",", skiprows=1)
     assert (np.diff(robot[:, 0]) > 0).all()
@@ -282,13 +292,14 @@ def test_whole_run_killed_then_the_next_run_finalises_the_cut_off_session(tmp_pa
             (tmp_path / "run.log").read_text()[-3000:]
         assert wait_for(lambda: len(list(out.glob("async_inference_*"))) == 2, 30)
         fresh = next(d for d in out.glob("async_inference_*") if d != cut)
-        assert wait_for(lambda: sum('"action_id"' in line for line in next(fresh.glob(
-            "performance_timings_*.jsonl")).read_text().splitlines()) > 5, 60)
+        assert wait_for(lambda: sum('"vl_update_time": 0.0,' in line for line in next(fresh.glob(
+            "performance_timings_*.jsonl")).read_text().splitlines()) > 5, 60)   # action lines (VL: > 0)
     finally:
         assert stop(sup, timeout=30) == 0
     ids = _actions_once(cut)
     summary = json.loads(next(cut.glob("performance_summary_*.json")).read_text())
     results = json.loads(next(cut.glob("inference_results_*.json")).read_text())
-    assert summary["total_actions"] == len(ids) and summary["recorder"]["results_written"] == len(results) > 10
+    assert summary["total_actions"] + summary["recorder"]["held_written"] == len(ids)
+    assert summary["recorder"]["results_written"] == len(results) > 10
     assert json.loads((cut / "recorder_state.json").read_text())["phase"] == "closed"
     assert _actions_once(fresh)[0] == 0        # the new run's own session, from its start

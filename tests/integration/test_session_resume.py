@@ -89,7 +89,8 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
     assert all(state.phase == "closed" for _, state in sessions)
     ids, results, robot, sensor, summaries = [], [], [], [], []
     for root, _ in sessions:
-        ids += [t["action_id"] for t in _lines(next(root.glob("performance_timings_*.jsonl")))]
+        ticks = _lines(next(root.glob("performance_timings_*.jsonl"))) + _lines(next(root.glob("held_ticks_*.jsonl")))
+        ids += sorted(t["action_id"] for t in ticks)
         results += [r["i"] for r in json.loads(next(root.glob("inference_results_*.json")).read_text())]
         robot += np.loadtxt(next(root.glob("robot_state_*.csv")), delimiter=",", skiprows=1, ndmin=2)[:, 0].tolist()
         with np.load(next(root.glob("sensor_data_*.npz"))) as data:
@@ -98,7 +99,8 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
     assert ids == list(range(TOTAL))
     assert results == [i for i in range(TOTAL) if i % 7]
     assert robot == sensor == list(range(TOTAL))
-    assert sum(s["total_actions"] for s in summaries) == TOTAL
+    assert sum(s["total_actions"] + s["recorder"]["held_written"] for s in summaries) == TOTAL
+    assert sum(s["holds"]["total"] for s in summaries) == len(range(0, TOTAL, 7))
     assert sum(s["recorder"]["results_written"] for s in summaries) == len(results)
     frames = sorted(p.name for root, _ in sessions for p in (root / "View1").iterdir())
     assert len(frames) == len(set(frames)) and not [f for f in frames if f.endswith(".tmp")]
@@ -124,9 +126,10 @@ def test_recover_command_finalises_a_cut_off_session_and_leaves_a_live_one_alone
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"finalised {root}") and "summary written" in done.stdout
     timings = _lines(next(root.glob("performance_timings_*.jsonl")))
+    held = _lines(next(root.glob("held_ticks_*.jsonl")))
     summary = json.loads(next(root.glob("performance_summary_*.json")).read_text())
     results = json.loads(next(root.glob("inference_results_*.json")).read_text())
-    assert summary["total_actions"] == len(timings) > 0
+    assert summary["total_actions"] == len(timings) > 0 and summary["recorder"]["held_written"] == len(held) > 0
     assert summary["recorder"]["results_written"] == len(results) > 0
     assert "already complete" in _recover_cli(str(root)).stdout
     missing = _recover_cli(str(tmp_path / "nothing"))

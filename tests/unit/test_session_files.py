@@ -14,7 +14,8 @@ from shm_vla.workers.session_files import (
     ROBOT_CSV_HEADER, SessionClosedError, SessionPaths, SessionWriter, recover,
 )
 from shm_vla.workers.session_stats import (
-    ACTION_FIELDS, HoldCounter, OTHER_REASON, RunningStats, SessionSummary,
+    ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, HoldCounter, OTHER_REASON, RunningStats,
+    SessionSummary,
 )
 
 STAMP = "20240102_030405"
@@ -68,8 +69,9 @@ def test_session_directory_and_file_names(tmp_path):
         writer.write_timing(action_record(0))
     names = sorted(p.name for p in writer.path.iterdir())
     assert writer.path == tmp_path / f"async_inference_{STAMP}"
-    assert names == [f"inference_results_{STAMP}.json", f"inference_results_{STAMP}.jsonl",
-                     f"performance_summary_{STAMP}.json", f"performance_timings_{STAMP}.jsonl"]
+    assert names == [f"held_ticks_{STAMP}.jsonl", f"inference_results_{STAMP}.json",
+                     f"inference_results_{STAMP}.jsonl", f"performance_summary_{STAMP}.json",
+                     f"performance_timings_{STAMP}.jsonl"]
 
 
 def test_generated_stamp_is_local_time_and_unique(tmp_path):
@@ -90,9 +92,10 @@ def test_timings_are_json_lines_with_deployed_field_order(tmp_path):
             writer.write_timing(dict(reversed(action_record(i, extra_field="kept").items())))
     lines = read_lines(writer.paths.timings)
     assert len(lines) == 6
-    assert list(lines[0]) == ["timestamp", "vl_update_number", "vl_update_time", "view_skew_ms"]
-    assert "action_id" not in lines[0]
-    assert list(lines[1])[:len(ACTION_FIELDS)] == list(ACTION_FIELDS)
+    assert list(lines[0]) == list(DEPLOYED_TIMING_FIELDS) + ["view_skew_ms"]   # deployed: every field
+    assert lines[0]["action_id"] == 0 and lines[0]["total_time"] == 0.0 and lines[0]["vl_update_time"] == 40.0
+    known = list(ACTION_FIELDS) + list(ACTION_EXTRA_FIELDS[:3])           # + each stage's own measurement
+    assert list(lines[1]) == known + ["extra_field"]
     assert lines[1]["extra_field"] == "kept"
     assert [line["held"] for line in lines[1:]] == [None] * 5
 
@@ -100,7 +103,7 @@ def test_timings_are_json_lines_with_deployed_field_order(tmp_path):
 def test_timings_flushed_every_n_records_without_close(tmp_path):
     writer = SessionWriter(tmp_path, stamp=STAMP, flush_every=10)
     for i in range(10):
-        writer.write_timing(action_record(i))
+        writer.write_timing(action_record(i, held=None))
     assert len(writer.paths.timings.read_text().splitlines()) == 10
     writer.close()
 
@@ -133,9 +136,9 @@ def test_summary_has_deployed_structure_and_new_sections(tmp_path):
         assert key in summary
         if fields:
             assert list(summary[key]) == fields
-    assert summary["total_actions"] == 40
-    assert summary["elapsed_time_sec"] == pytest.approx(3.9)
-    assert summary["average_fps"] == pytest.approx(10.0)
+    assert summary["total_actions"] == 36                  # the ticks that ran; 4 were held
+    assert summary["elapsed_time_sec"] == pytest.approx(3.8)
+    assert summary["average_fps"] == pytest.approx(35 / 3.8)
     assert summary["vl_encoding"]["count"] == 10
     assert summary["vl_encoding"]["min_ms"] == 30.0 and summary["vl_encoding"]["max_ms"] == 66.0
     assert summary["sensor_encoding"]["mean_ms"] == pytest.approx(1.5)
@@ -143,7 +146,7 @@ def test_summary_has_deployed_structure_and_new_sections(tmp_path):
     assert summary["jitter"]["max_ms"] == pytest.approx(0.2)
     assert set(summary["freshness"]) == {"sensor_age", "robot_age", "vl_age", "frame_age", "view_skew"}
     assert summary["freshness"]["sensor_age"]["max_ms"] == 4.0
-    assert summary["recorder"] == {"records_written": 50, "results_written": 0, "lost": 3}
+    assert summary["recorder"] == {"records_written": 46, "held_written": 4, "results_written": 0, "lost": 3}
 
 
 def test_vl_update_repeated_in_action_records_counts_once(tmp_path):
@@ -256,7 +259,7 @@ def test_crash_without_close_then_recover(tmp_path):
     writer.write_sensor_records(np.arange(4.0), np.arange(4.0), np.ones(4), alines)
     # The crash: torn last lines and a torn sensor row; close() never runs.
     paths = writer.paths
-    for path in (paths.timings, paths.results_jsonl):
+    for path in (paths.timings, paths.held, paths.results_jsonl):
         with open(path, "a") as f:
             f.write('{"timestamp": 17000')
     with open(paths.robot_csv, "a") as f:
@@ -269,15 +272,16 @@ def test_crash_without_close_then_recover(tmp_path):
 
     report = recover(paths.root)
 
-    assert sorted(report["trimmed"]) == sorted([paths.timings.name, paths.results_jsonl.name,
+    assert sorted(report["trimmed"]) == sorted([paths.timings.name, paths.held.name, paths.results_jsonl.name,
                                                 paths.robot_csv.name])
-    assert len(read_lines(paths.timings)) == 12
+    assert len(read_lines(paths.timings)) == 11 and len(read_lines(paths.held)) == 1   # tick 9 was held
     assert len(json.loads(paths.results_json.read_text())) == 12
     assert len(paths.robot_csv.read_text().splitlines()) == 3
     with np.load(paths.sensor_npz) as data:
         assert data["alines"].shape == (4, 1025) and data["timestamps"].tolist() == [0.0, 1.0, 2.0, 3.0]
     summary = json.loads(paths.summary.read_text())
-    assert summary["total_actions"] == 12 and summary["recorder"]["results_written"] == 12
+    assert summary["total_actions"] == 11 and summary["recorder"]["results_written"] == 12
+    assert summary["holds"] == {"total": 1, "by_reason": {"stale_robot": 1}}
     assert report["summary_written"] and report["sensor_records"] == 4
     assert report["removed_tmp"] == 1 and list((paths.root / "View1").iterdir()) == []
 
@@ -320,7 +324,7 @@ def _timing_memory_growth_bytes(tmp_path, n_records: int) -> int:
     finally:
         tracemalloc.stop()
     writer.close()
-    assert writer.summary.total_actions == 200 + n_records
+    assert writer.summary.total_actions + writer.summary.held_records == 200 + n_records
     return after - before
 
 
@@ -343,7 +347,7 @@ def test_rss_does_not_grow_over_100k_records(tmp_path):
         writer.write_timing(action_record(i))
     rss_growth_bytes = process.memory_info().rss - rss_before_bytes
     summary = writer.close()
-    assert summary["total_actions"] == 101_000
+    assert summary["total_actions"] + summary["recorder"]["held_written"] == 101_000
     assert rss_growth_bytes < 16 * 1024 * 1024
 
 

@@ -10,6 +10,7 @@ from shm_vla.workers.session_files import SessionClosedError, SessionWriter, rec
 from shm_vla.workers.session_state import (
     STATE_FILE, SessionBusy, SessionLock, SessionState, plan_session, read_state,
 )
+from shm_vla.workers.session_stats import is_action_record
 from test_session_files import action_record, crash, read_lines, result_record, vl_record
 
 RUN = {"boot_id": "b", "results_inode": 7}
@@ -48,17 +49,19 @@ def test_resume_cuts_what_came_after_the_checkpoint_and_goes_on_without_a_duplic
     _write(resumed, 23, 40)                # the continuing recorder reads from the checkpoint on
     summary = resumed.close({"results": 40})
 
-    timings = read_lines(writer.paths.timings)
-    assert [t["action_id"] for t in timings if "action_id" in t] == list(range(40))
-    assert [t["vl_update_number"] for t in timings if "action_id" not in t] == list(range(10))
+    timings, held = read_lines(writer.paths.timings), read_lines(writer.paths.held)
+    ticks = [t for t in timings if is_action_record(t)] + held
+    assert sorted(t["action_id"] for t in ticks) == list(range(40))
+    assert [t["action_id"] for t in held] == [9, 19, 29, 39]
+    assert [t["vl_update_number"] for t in timings if not is_action_record(t)] == list(range(10))
     results = json.loads(writer.paths.results_json.read_text())
     assert [round(r["actions"][0][0] * 100) for r in results] == [i for i in range(40) if i % 10 != 9]
     robot = np.loadtxt(writer.paths.robot_csv, delimiter=",", skiprows=1)
     assert robot[:, 0].tolist() == list(range(40))
     with np.load(writer.paths.sensor_npz) as sensor:
         assert sensor["timestamps"].tolist() == list(range(40))
-    assert summary["total_actions"] == 40 and summary["recorder"]["results_written"] == len(results) == 36
-    assert summary["recorder"]["records_written"] == len(timings)
+    assert summary["total_actions"] == 36 and summary["recorder"]["results_written"] == len(results) == 36
+    assert summary["recorder"]["records_written"] == len(timings) and summary["recorder"]["held_written"] == 4
     state = read_state(writer.path)
     assert state.phase == "closed" and state.cursors == {"results": 40}
 
@@ -81,7 +84,7 @@ def test_recover_of_a_cut_off_session_counts_the_checkpointed_losses_and_closes_
     crash(writer)
     recover(writer.path)
     summary = json.loads(writer.paths.summary.read_text())
-    assert summary["recorder"]["lost"] == 4 and summary["total_actions"] == 5
+    assert summary["recorder"]["lost"] == 4 and summary["total_actions"] == 5     # ticks 0..4: none held
     assert read_state(writer.path).phase == "closed"
 
 

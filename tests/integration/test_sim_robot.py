@@ -39,3 +39,31 @@ def test_robot_publishes_contiguous_states_at_100_hz():
     assert counters[0] < 30 and counters[-1] >= 140
     rate_hz = (len(counters) - 1) / (last_s - first_s)
     assert 70 < rate_hz < 130                                # roughly 100 Hz (noisy machine)
+
+
+@pytest.mark.timeout(20)
+def test_robot_stalls_then_resumes_with_fresh_timestamps():
+    sim = RobotSim("tcp://127.0.0.1:*", rate_hz=100.0, duration_s=2.0, stall_every_s=0.5, stall_s=0.6)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, ROBOT_TOPIC)
+    record, received = np.zeros((), ROBOT_STATE_DTYPE), []
+    try:
+        with sim:
+            sub.connect(sim.endpoint)
+            end = time.monotonic() + 2.5
+            while time.monotonic() < end:
+                if sub.poll(50):
+                    parse_robot(sub.recv_multipart(), record)
+                    received.append((time.time(), float(record["timestamp"]),
+                                     model_values(record, np.zeros(12, np.float32))))
+    finally:
+        sub.close(linger=0)
+    assert sim.error is None and sim.stalls >= 1
+    recv = np.array([r for r, _, _ in received])
+    gaps = np.diff(recv)
+    assert gaps.max() > 0.5                                       # the stall
+    stall = int(np.argmax(gaps))
+    assert abs(received[stall + 1][1] - recv[stall + 1]) < 0.1    # the state after it is fresh, not a backlog
+    counters = robot_counters(np.array([v for _, _, v in received]))
+    assert np.all(np.diff(counters) == 1)                         # no burst of missed states: none were made

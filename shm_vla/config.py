@@ -121,7 +121,7 @@ class ModelConfig:
 
 @dataclass
 class VlConfig:
-    view_policy: str = "newest"        # "newest", "max_skew" or "same_trigger" (workers/vl.py)
+    view_policy: str = "same_trigger"  # "same_trigger", "newest" or "max_skew" (workers/vl.py)
     max_skew_ms: float = 100.0
     reject_over_skew: bool = False
     poll_timeout_ms: float = 200.0

@@ -172,7 +172,7 @@ def test_same_trigger_takes_the_newest_complete_trigger_when_a_view_stays_behind
 
 
 def test_newest_mixes_triggers_and_it_is_counted(instance):
-    worker, writers, vl_ring, rt = _worker(instance, ["vl.max_skew_ms=150"])
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='newest'", "vl.max_skew_ms=150"])
     _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
     _publish(writers, (0, 1, 2), 2, 100.2)
     _steps(worker, 2)

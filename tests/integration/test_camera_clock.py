@@ -34,7 +34,7 @@ TOLERANCE_MS = camera.ENCODE_MIN_MS + 10.0
 EARLY_SLACK_MS = 0.5            # clock reads in two processes
 
 
-def _collect(views, records: dict, snapshots: list, cfg, instance):
+def _collect(views, records: dict, snapshots: list, cfg):
     meta = np.zeros(15, META_DTYPE)
     for view, ring in enumerate(views):
         k = ring.window(15, None, meta)
@@ -76,10 +76,10 @@ def test_camera_capture_times_converge_within_2_s_despite_reordering(tmp_path, i
                                clock_offset_s=SENDER_OFFSET_S, duration_s=RUN_S, profile="realistic")
         with sim:
             while sim.running:
-                _collect(views, records, snapshots, cfg, instance)
+                _collect(views, records, snapshots, cfg)
                 time.sleep(0.25)
         time.sleep(0.5)
-        _collect(views, records, snapshots, cfg, instance)
+        _collect(views, records, snapshots, cfg)
         values = statsmod.read_snapshot(instance, "ingest-camera")["values"]
     finally:
         assert stop(ingest) == 0

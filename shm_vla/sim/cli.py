@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", choices=PROFILES, default="realistic",
                         help="cameras: the cell's triggered, reordering sender (default) or ideal ones")
     parser.add_argument("--seed", type=int, default=0, help="realistic cameras: seed of the timing model")
-    parser.add_argument("--records-per-datagram", type=int, default=10, help="sensor records per UDP datagram (default 10, as the real sensor)")
+    parser.add_argument("--records-per-datagram", type=int, default=10,
+                        help="sensor records per UDP datagram (default 10, as the real sensor)")
     parser.add_argument("--robot-stall-every", type=float, default=0.0, metavar="S",
                         help="robot: stall after every S seconds of publishing (default: never)")
     parser.add_argument("--robot-stall-s", type=float, default=3.0, metavar="S", help="robot: length of a stall")

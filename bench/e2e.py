@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from shm_vla import analyze  # noqa: E402
+from shm_vla.shm import stats as statsmod  # noqa: E402
 
 DEFAULT_DURATION_S = 30.0
 QUICK_DURATION_S = 8.0
@@ -50,6 +51,8 @@ STOP_TIMEOUT_S = 45.0
 TICK_HZ = 10.0
 TARGETS = {"shm_vla_jitter_p99_ms": 2.0, "shm_vla_sensor_age_p99_ms": 10.0, "jitter_p99_ratio_min": 5.0}
 SIM_PREFIX = "sim"
+# the VL process's counters of the sets it took (docs/STAT.md), compared over the window
+VL_SET_COUNTERS = ("updates", "mixed_trigger_sets", "over_skew_sets", "rejected_sets", "incomplete_trigger_timeouts")
 
 
 # --------------------------------------------------------------------------- one side
@@ -68,6 +71,7 @@ class Side:
         self.cpu: dict = {}
         self.load: dict = {}
         self.exit_codes: dict = {}
+        self.vl_sets: dict | None = None      # VL set counters over the window (shm-vla side)
 
     def common_args(self) -> list[str]:
         return ["--instance", self.instance, "--config", str(self.ctx.config)]
@@ -94,6 +98,10 @@ class Side:
         found = sorted(self.out.glob("async_inference_*/performance_timings_*.jsonl"))
         return found[-1] if found else None
 
+    def vl_counters(self) -> dict | None:
+        """The VL process's set counters (None: the side has none)."""
+        return None
+
     def first_action_seen(self) -> bool:
         path = self.timings_file()
         return path is not None and '"action_id"' in path.read_text(errors="replace")
@@ -108,11 +116,15 @@ class Side:
         self.procs.remember_descendants()
         with C.LoadSampler() as load:
             cpu = C.CpuWindow(self.processes())
+            sets_before = self.vl_counters()
             start = time.time()
             time.sleep(self.ctx.duration)
             self.window = (start, time.time())
             self.cpu = cpu.finish()
+            sets_after = self.vl_counters()
         self.load = load.summary()
+        if sets_before is not None and sets_after is not None:
+            self.vl_sets = {k: sets_after[k] - sets_before[k] for k in VL_SET_COUNTERS}
 
 
 class ShmVlaSide(Side):
@@ -121,6 +133,13 @@ class ShmVlaSide(Side):
         argv = C.cli_argv("run", self.ctx.model, *self.common_args(), *sets, "--sim", "--checkpoint",
                           str(self.ctx.checkpoint), "--out", str(self.out))
         return self.procs.start("supervisor", argv)
+
+    def vl_counters(self) -> dict | None:
+        try:
+            values = statsmod.read_snapshot(self.instance, "vl")["values"]
+        except Exception:            # the VL process is restarting: no figure rather than a wrong one
+            return None
+        return {k: int(values.get(k, 0)) for k in VL_SET_COUNTERS}
 
     def processes(self) -> dict[str, psutil.Process]:
         sup = psutil.Process(self.procs.procs["supervisor"].pid)
@@ -233,6 +252,8 @@ def side_result(side: Side) -> dict:
         "jitter_ms": _short(report["jitter"]),
         "interval_error_ms": _short(interval_error(windowed)),
         "freshness_ms": {name: _short(fresh[name]) for name in ("sensor_age", "robot_age", "frame_age", "vl_age")},
+        "view_skew_ms": _short(fresh.get("view_skew")),          # of the set each tick used
+        "vl_sets": side.vl_sets,
         "latency_ms": _short(report["stages"]["total"]),
         "action_prediction_ms": _short(report["stages"]["action_prediction"]),
         "vl_encoding_ms": _short(report["stages"]["vl_encoding"]),
@@ -306,6 +327,9 @@ def render(report: dict) -> str:
             ("sensor age p50/p99", lambda r: _pair(r["freshness_ms"]["sensor_age"])),
             ("robot age p50/p99", lambda r: _pair(r["freshness_ms"]["robot_age"])),
             ("frame age p50/p99", lambda r: _pair(r["freshness_ms"]["frame_age"])),
+            ("view skew p50/p99/max", lambda r: _triple(r.get("view_skew_ms"))),
+            ("sets mixed / all", lambda r: "-" if not r.get("vl_sets") else
+             f"{r['vl_sets']['mixed_trigger_sets']} / {r['vl_sets']['updates']}"),
             ("latency p50/p99 ms", lambda r: _pair(r["latency_ms"])),
             ("commands (window)", lambda r: str(r["commands_in_window"]["valid"])),
             ("CPU % (excl. sims)", lambda r: C.fmt(r["cpu_total_pct"], 1)),
@@ -329,6 +353,10 @@ def render(report: dict) -> str:
 
 def _pair(stats: dict | None) -> str:
     return "-" if stats is None else f"{stats['p50_ms']:.2f} / {stats['p99_ms']:.2f}"
+
+
+def _triple(stats: dict | None) -> str:
+    return "-" if stats is None else f"{stats['p50_ms']:.0f} / {stats['p99_ms']:.0f} / {stats['max_ms']:.0f}"
 
 
 # --------------------------------------------------------------------------- main

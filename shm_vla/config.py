@@ -122,7 +122,7 @@ class ModelConfig:
 
 @dataclass
 class VlConfig:
-    view_policy: str = "newest"        # "newest" or "max_skew"
+    view_policy: str = "same_trigger"  # "same_trigger", "newest" or "max_skew" (workers/vl.py)
     max_skew_ms: float = 100.0
     reject_over_skew: bool = False
     poll_timeout_ms: float = 200.0
@@ -199,7 +199,7 @@ _CHOICES = {
     ("model", "flow_solver"): ("euler", "rk4"),
     ("model", "act_dtype"): ("float32", "bfloat16", "float16"),
     ("model", "stage_timing"): ("events", "graphs", "off"),
-    ("vl", "view_policy"): ("newest", "max_skew"),
+    ("vl", "view_policy"): ("newest", "max_skew", "same_trigger"),
     ("camera", "channel_order"): ("RGB", "BGR"),
 }
 _POSITIVE = {

@@ -108,7 +108,8 @@ def pipeline_table(snap: dict) -> Table:
     t = _table("pipeline", "stage", "state", "values", wrap_last=True)
     t.add_row("vl", vl["state"], _line(vl, [("updates", "updates", ""), ("encode ms p50", "encode_ms_p50", ".1f"),
                                             ("p99", "encode_ms_p99", ".1f"), ("feature age ms", "feature_age_ms", ".0f"),
-                                            ("skew ms", "view_skew_ms", ".1f"), ("rejected", "rejected_sets", ""),
+                                            ("skew ms", "view_skew_ms", ".1f"), ("mixed", "mixed_trigger_sets", ""),
+                                            ("rejected", "rejected_sets", ""),
                                             ("read errors", "read_errors", "")]))
     held = _line(act, [("sent", "commands_sent", ""), ("failed", "commands_failed", ""), ("withheld", "held_total", "")])
     held.append(by_kind(act["held"]) if act["held_total"] else "", style=STYLES[lv(act, "held_total")])

@@ -93,6 +93,7 @@ class CameraIngest:
         # one clock per view: each camera is stamped by its own capture loop (possibly on
         # another PC), and frames of different cameras arrive reordered
         self.clocks = [ClockOffset(warmup=CLOCK_WARMUP_FRAMES) for _ in range(N_VIEWS)]
+        self.sender_restarts = rt.stats.counter("sender_restarts")    # a camera's stamps jumped back
         self.stale_after_ns = int(rt.cfg.act.max_frame_age_ms * 1e6)
         self.meter = IngestMeter(rt.stats)
         self.ignored = rt.stats.counter("ignored_right_images")
@@ -146,6 +147,7 @@ class CameraIngest:
         clock = self.clocks[view]
         recv_s = recv_mono_ns * 1e-9
         if not clock.update(recv_s, capture_ts):
+            self.sender_restarts.inc()
             self.rt.rlog.warning("restart", "camera %s timestamps jumped back: sender restart? "
                                  "re-estimating its clock offset", camera[:32])
         capture = clock.capture_mono_ns(capture_ts)

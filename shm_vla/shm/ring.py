@@ -259,7 +259,8 @@ class Ring:
             before[o:o + n] = self.seqs[s:s + n]
         fence()
         for s, o, n in spans:
-            out[dst + o:dst + o + n] = self.payload[s:s + n]
+            if out is not None:
+                out[dst + o:dst + o + n] = self.payload[s:s + n]
             meta_out[dst + o:dst + o + n] = self.meta[s:s + n]
         fence()
         for s, o, n in spans:
@@ -279,7 +280,8 @@ class Ring:
         if seq & 1:
             return False
         fence()
-        out[dst] = self.payload[slot]
+        if out is not None:
+            out[dst] = self.payload[slot]
         meta_out[dst] = self.meta[slot]
         fence()
         return int(self.seqs[slot]) == seq and int(meta_out["record"][dst]) == record
@@ -294,12 +296,13 @@ class Ring:
                              "a restarted writer repairs the slot")
         raise ReadTimeout(f"{self.name}: no consistent read within the time bound ({self.retries} retries)")
 
-    def window(self, n: int, out: np.ndarray, meta_out: np.ndarray | None = None,
+    def window(self, n: int, out: np.ndarray | None, meta_out: np.ndarray | None = None,
                timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> int:
         """Copy the newest k = min(n, available) records into out[n-k:n], oldest first.
 
         Right-aligned so that a caller can zero-pad the front while a ring fills.
         Returns k. `out` has shape (>= n,) + record shape; `meta_out` (>= n,) META_DTYPE.
+        `out` None: the metadata only (cheap: e.g. to choose which frame to copy).
         """
         if n > self.depth - 1:
             raise ValueError(f"{self.name}: window {n} exceeds ring depth - 1 ({self.depth - 1})")

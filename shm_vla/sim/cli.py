@@ -4,6 +4,12 @@ Runs simulated peers on loopback until --duration has passed or SIGTERM/SIGINT (
 Addresses come from the instance config (the sim binds what the ingest connects to and
 connects to what the ingest binds, with 0.0.0.0 replaced by 127.0.0.1); --address
 overrides it for a single simulator.
+
+The peers behave like the cell's (--profile realistic, the default): cameras triggered
+together, stamped per camera, encoded by 4 encoder processes (reordered, tens of ms
+late; see sim/camera.py), sensor datagrams of 10 records. --profile ideal: unsynchronised
+cameras sent in order the moment they are stamped. Robot stalls are opt-in
+(--robot-stall-every): they hold every command while they last.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import zmq
 
 from .. import config as config_mod
 from .base import loopback
-from .camera import CameraSim, camera_names
+from .camera import PROFILES, CameraSim, camera_names
 from .commands import CommandSink
 from .replay import ReplayError, build_replay
 from .robot import RobotSim
@@ -38,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override the rate (camera: per camera; sensor: records/s)")
     parser.add_argument("--clock-offset-s", type=float, default=0.0,
                         help="add this to every timestamp sent (a sender clock offset)")
-    parser.add_argument("--records-per-datagram", type=int, default=5, help="sensor records per UDP datagram")
+    parser.add_argument("--profile", choices=PROFILES, default="realistic",
+                        help="cameras: the cell's triggered, reordering sender (default) or ideal ones")
+    parser.add_argument("--seed", type=int, default=0, help="realistic cameras: seed of the timing model")
+    parser.add_argument("--records-per-datagram", type=int, default=10,
+                        help="sensor records per UDP datagram (default 10, as the real sensor)")
+    parser.add_argument("--robot-stall-every", type=float, default=0.0, metavar="S",
+                        help="robot: stall after every S seconds of publishing (default: never)")
+    parser.add_argument("--robot-stall-s", type=float, default=3.0, metavar="S", help="robot: length of a stall")
     parser.add_argument("--quality", type=int, default=75, help="camera JPEG quality")
     parser.add_argument("--right", action="store_true", help="cameras: also send ZED right images")
     parser.add_argument("--log", default=None, metavar="PATH", help="commands: append received commands as JSONL")
@@ -73,10 +86,12 @@ def build_sims(cfg, args) -> list:
     if "camera" in wanted and not args.replay:
         sims.append(CameraSim(addresses["camera"], camera_names(cfg.camera, args.right),
                               args.rate_hz or cfg.camera.rate_hz, args.quality, cfg.camera.width,
-                              cfg.camera.height, args.clock_offset_s, args.duration))
+                              cfg.camera.height, args.clock_offset_s, args.duration, profile=args.profile,
+                              seed=args.seed))
     if "robot" in wanted and not args.replay:
         sims.append(RobotSim(addresses["robot"], args.rate_hz or cfg.robot.rate_hz, args.clock_offset_s,
-                             cfg.robot.topic.encode(), args.duration))
+                             cfg.robot.topic.encode(), args.duration, stall_every_s=args.robot_stall_every,
+                             stall_s=args.robot_stall_s))
     if "sensor" in wanted and not args.replay:
         sims.append(SensorSim(parse_host_port(addresses["sensor"]), args.rate_hz or cfg.sensor.rate_hz,
                               args.records_per_datagram, cfg.sensor.ascan_len, args.clock_offset_s, args.duration))

@@ -102,7 +102,7 @@ class Clock:
 
 class CameraReplay(CameraSim):
     def __init__(self, address: str, frames: list, clock: Clock, start_ns: int) -> None:
-        super().__init__(address, cameras=[("", 0)], start_ns=start_ns)
+        super().__init__(address, cameras=[("", 0)], start_ns=start_ns, profile="ideal")
         self.frames, self.clock = frames, clock
 
     def _due_ns(self, k: int) -> int | None:

@@ -1,6 +1,6 @@
 """Simulated force + OCT sensor: UDP datagrams of ``records_per_datagram`` records
-at ``rate_hz`` records/s, with an optional sender clock offset (for the ingest's
-offset estimator) and any rate (to flood)."""
+(default 10, as the real sensor sends) at ``rate_hz`` records/s, with an optional
+sender clock offset (for the ingest's offset estimator) and any rate (to flood)."""
 from __future__ import annotations
 
 import socket
@@ -25,7 +25,7 @@ class SensorSim(ScheduledSender):
 
     name = "sensor"
 
-    def __init__(self, address: tuple[str, int], rate_hz: float = 650.0, records_per_datagram: int = 5,
+    def __init__(self, address: tuple[str, int], rate_hz: float = 650.0, records_per_datagram: int = 10,
                  ascan_len: int = 1025, clock_offset_s: float = 0.0, duration_s: float | None = None,
                  start_ns: int | None = None) -> None:
         super().__init__(duration_s, start_ns)

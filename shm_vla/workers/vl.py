@@ -1,11 +1,25 @@
-"""`shm-vla vl --instance NAME`: encode the newest 5-view set, publish the VL feature.
+"""`shm-vla vl --instance NAME`: encode a 5-view set, publish the VL feature.
 
 Policy: a fresh feature is wanted at least every `act.vl_reuse` action ticks. The worker
 sleeps on the view rings' futex; when the reuse budget (vl_reuse / tick_hz seconds since
 the previous encode began) is spent and every view holds a frame newer than the set used
-last time, it copies the newest frame of each view (or, with view_policy = "max_skew",
-checks the set's capture-time skew against the bound), encodes, and publishes one
-vl_feature record. The same frame set is never encoded twice, and a set the action gate
+last time, it copies one frame of each view, encodes, and publishes one vl_feature
+record. Which frames (vl.view_policy):
+
+* "same_trigger": the frames of the newest trigger every view holds (capture times within
+  half a camera period of each other; viewsets.py). If some views already hold a newer
+  trigger whose other frames are still arriving (the encoder processes of the camera PC
+  send a trigger's frames over tens of ms), it waits for them, on their rings' futex, for
+  at most half a camera period after the budget was spent, then takes the newest complete
+  trigger (counted: incomplete_trigger_timeouts). Only the metadata of the last frames is
+  read to choose; then one frame per view is copied.
+* "newest": the newest frame of each view, whatever its trigger.
+* "max_skew": the newest frames, and with vl.reject_over_skew a set whose capture times
+  span more than vl.max_skew_ms is not encoded (rejected_sets); the worker waits for a newer one.
+
+Under every policy a set whose capture stamps span more than half a camera period is
+counted as mixing two triggers (mixed_trigger_sets), and one over vl.max_skew_ms as
+over_skew_sets. The same frame set is never encoded twice, and a set the action gate
 would refuse (a frame with no capture time yet, or older than act.max_frame_age_ms by
 capture time) is not encoded at all.
 """
@@ -20,6 +34,7 @@ from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import N_VIEWS, Streams
 from .rolling import RollingGauges
+from .viewsets import TriggerSets
 
 WAIT_SLICE_S = 0.05
 
@@ -51,10 +66,19 @@ class VlWorker:
         self.set = FrameSet(views[0].shape, pin=rt.cfg.model.vl_device.startswith("cuda"))
         self.min_interval_ns = int(rt.cfg.act.vl_reuse / rt.cfg.act.tick_hz * 1e9)
         self.last_start_ns = -self.min_interval_ns
+        half_period_ns = int(0.5e9 / rt.cfg.camera.rate_hz)
+        self.trigger_tolerance_ms = half_period_ns / 1e6     # one trigger's frames lie closer together
+        self.trigger_wait_ns = half_period_ns                # longest wait for the rest of a trigger
+        self.wait_deadline_ns: int | None = None
+        self.triggers = (TriggerSets(N_VIEWS, views[0].depth - 1, half_period_ns)
+                         if rt.cfg.vl.view_policy == "same_trigger" else None)
+        self.chosen = False                                  # triggers.chosen holds this attempt's set
         s = rt.stats
         self.updates = s.counter("updates")
         self.over_skew = s.counter("over_skew_sets")
+        self.mixed = s.counter("mixed_trigger_sets")
         self.rejected = s.counter("rejected_sets")
+        self.incomplete = s.counter("incomplete_trigger_timeouts")
         self.read_errors = s.counter("read_errors")
         self.unsynced_sets = s.counter("unsynced_sets")
         self.stale_sets = s.counter("stale_sets")
@@ -71,9 +95,8 @@ class VlWorker:
     def read_set(self) -> bool:
         fs = self.set
         try:
-            for i, ring in enumerate(self.views):
-                if ring.latest(fs.frames[i:i + 1], fs.meta[i:i + 1]) < 0:
-                    return False
+            if not (self._read_chosen() if self.chosen else self._read_newest()):
+                return False
         except ShmError as exc:
             self.read_errors.inc()
             self.rt.rlog.warning("read", "frame read failed: %s", exc)
@@ -83,12 +106,60 @@ class VlWorker:
             return False
         skew = fs.skew_ms
         self.skew_ms.set(skew)
-        if self.cfg.vl.view_policy == "max_skew" and skew > self.cfg.vl.max_skew_ms:
+        if skew > self.trigger_tolerance_ms:
+            self.mixed.inc()
+        if skew > self.cfg.vl.max_skew_ms:
             self.over_skew.inc()
-            if self.cfg.vl.reject_over_skew:
+            if self.cfg.vl.view_policy == "max_skew" and self.cfg.vl.reject_over_skew:
                 self.rejected.inc()
                 fs.used_records[:] = fs.meta["record"]   # wait for a newer set
                 return False
+        return True
+
+    def _read_newest(self) -> bool:
+        fs = self.set
+        for i, ring in enumerate(self.views):
+            if ring.latest(fs.frames[i:i + 1], fs.meta[i:i + 1]) < 0:
+                return False
+        return True
+
+    def _read_chosen(self) -> bool:
+        """Copy the frames ``triggers`` chose (same_trigger), if they are a newer set."""
+        fs, triggers = self.set, self.triggers
+        for i in range(N_VIEWS):
+            if triggers.record(i) <= fs.used_records[i]:
+                # no newer complete trigger among the new frames (e.g. frames without a capture
+                # time): consider the new frames used and wait for more
+                for j, ring in enumerate(self.views):
+                    fs.used_records[j] = ring.head - 1
+                return False
+        for i, ring in enumerate(self.views):
+            record = triggers.record(i)
+            got = ring.since(record, fs.frames[i:i + 1], fs.meta[i:i + 1], max_n=1)
+            if got.count != 1 or int(fs.meta["record"][i]) != record:
+                return False                         # overwritten meanwhile: choose again
+        return True
+
+    def _wait_for_trigger(self, now_ns: int) -> bool:
+        """same_trigger: choose a set; True while the newest trigger is still arriving and the
+        wait for it is not over (the worker then waited on a view that lacks it)."""
+        if self.wait_deadline_ns is None:
+            self.wait_deadline_ns = now_ns + self.trigger_wait_ns
+        triggers = self.triggers
+        self.chosen = False
+        for i, ring in enumerate(self.views):
+            triggers.count[i] = ring.window(triggers.depth, None, triggers.meta[i])
+        if not triggers.choose():
+            return False                             # a view without capture times: read the newest
+        self.chosen = True
+        if not triggers.newer_partial:
+            return False
+        left_ns = self.wait_deadline_ns - now_ns
+        if left_ns <= 0:
+            self.incomplete.inc()
+            return False
+        ring = self.views[triggers.lagging_view()]
+        ring.wait(ring.head, min(left_ns / 1e9, WAIT_SLICE_S))
         return True
 
     def _fresh_enough(self) -> bool:
@@ -142,7 +213,15 @@ class VlWorker:
                            or r.head == 0)
             self.views[waiting].wait(int(self.set.used_records[waiting]) + 1, WAIT_SLICE_S)
             return
+        try:
+            if self.triggers is not None and self._wait_for_trigger(now):
+                return
+        except ShmError as exc:
+            self.read_errors.inc()
+            self.rt.rlog.warning("read", "frame metadata read failed: %s", exc)
+            return
         self.last_start_ns = now
+        self.wait_deadline_ns = None
         if self.read_set():
             self.encode_and_publish()
 

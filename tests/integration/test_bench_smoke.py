@@ -70,6 +70,12 @@ def test_e2e_json_schema():
     assert {"act", "vl", "record", "ingest-camera", "ingest-robot", "ingest-sensor", "supervisor"} <= \
         set(report["runs"]["shm_vla"]["cpu_pct"])
     assert set(report["runs"]["baseline"]["cpu_pct"]) == {"baseline", "sim"}
+    shm_sets = report["runs"]["shm_vla"]["vl_sets"]          # the VL set counters over the window
+    assert set(shm_sets) == {"updates", "mixed_trigger_sets", "over_skew_sets", "rejected_sets",
+                             "incomplete_trigger_timeouts"} and all(isinstance(v, int) for v in shm_sets.values())
+    assert report["runs"]["baseline"]["vl_sets"] is None
+    for run in report["runs"].values():
+        assert run["view_skew_ms"] is None or check_stats(run["view_skew_ms"]) is None
     assert {"jitter_p99", "sensor_age_p99", "robot_age_p99", "frame_age_p99", "latency_p50", "latency_p99",
             "cpu_total", "interval_error_p99"} == set(report["ratios"])
     check_targets(report, {"shm_vla_jitter_p99_ms", "shm_vla_sensor_age_p99_ms", "jitter_p99_ratio"})

@@ -18,7 +18,7 @@ from shm_vla.protocol import robot as robot_proto
 from shm_vla.protocol import sensor as sensor_proto
 from shm_vla.shm import stats as statsmod
 from shm_vla.shm.ring import META_DTYPE
-from shm_vla.sim import content
+from shm_vla.sim import camera, content
 from shm_vla.streams import Streams
 
 pytestmark = pytest.mark.slow
@@ -101,10 +101,14 @@ def _check_streams(cfg, instance):
         assert _steady_rate(f_meta) == pytest.approx(cfg.camera.rate_hz, rel=0.05)
         label = f_meta["label"][-1].decode()
         assert ("oak" in label) if i == 4 else ("left" in label)
-    # clock offsets: sender clock = ours + 2.5 s, estimate within 1 ms
-    for proc in ("ingest-sensor", "ingest-robot", "ingest-camera"):
+    # clock offsets: sender clock = ours + 2.5 s, estimate within 1 ms of the smallest delay
+    # from stamp to receipt (the offset is an upper bound: no estimator sees a fixed delay);
+    # the simulated camera sender encodes every frame for at least ENCODE_MIN_MS
+    for proc, floor_ms in (("ingest-sensor", 0.0), ("ingest-robot", 0.0), ("ingest-camera", camera.ENCODE_MIN_MS)):
         values = statsmod.read_snapshot(instance, proc)["values"]
-        assert abs(values["clock_offset_ms"] + CLOCK_OFFSET_S * 1e3) < 1.0, (proc, values)
+        bias_ms = values["clock_offset_ms"] + CLOCK_OFFSET_S * 1e3
+        limit_ms = 1.0 if floor_ms == 0 else 10.0           # cameras: min of ~15 frames a view so far
+        assert floor_ms - 1.0 < bias_ms < floor_ms + limit_ms, (proc, values)
         assert not any(k.startswith("errors.") for k in values), values
     cam = statsmod.read_snapshot(instance, "ingest-camera")["values"]
     assert cam["ignored_right_images"] > 0

@@ -57,6 +57,8 @@ def test_all_until_sigterm_exits_cleanly(tmp_path):
     summary = json.loads(out.strip().splitlines()[-1])
     assert set(summary) == {"camera", "robot", "sensor", "commands"}
     assert summary["robot"]["sent"] > 0 and summary["sensor"]["sent"] > 0
+    assert summary["sensor"]["records_sent"] == 10 * summary["sensor"]["sent"]     # the real sensor's batches
+    assert summary["camera"]["out_of_order"] > 0                    # realistic by default: 4 encoders reorder
 
 
 @pytest.mark.timeout(30)
@@ -74,7 +76,7 @@ def test_replay_of_a_sensor_session_runs_to_its_end(tmp_path):
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args", [["robot", "--set", "robot.rate_hz=-1"], ["all", "--address", "tcp://127.0.0.1:1"],
-                                  ["all", "--rate-hz", "10"],
+                                  ["all", "--rate-hz", "10"], ["robot", "--robot-stall-every", "-1"],
                                   ["sensor", "--replay", "/nonexistent/session"]])
 def test_configuration_errors_exit_2_with_one_line(args):
     done = subprocess.run(_sim(*args, "--duration", "0.2"), capture_output=True, text=True, timeout=20)

@@ -126,3 +126,56 @@ def test_action_schedule_is_absolute_and_missed_ticks_are_skipped(instance):
     assert worker.missed.value == int((gaps - 1).sum()) >= 2      # every skipped slot counted
     assert all(lat < 20.0 for _, lat in ticks)      # a slot never runs later than its own period
     rt.close()
+
+
+def _publish(writers, views, counter, trigger_ts, captured_ago_ms=5.0):
+    """Trigger ``counter``'s frames of ``views`` only (a trigger still arriving)."""
+    now = time.monotonic_ns()
+    for i in views:
+        writers[i].write(content.frame_image(i, counter), src_ts=trigger_ts + i * 0.001,
+                         capture_mono_ns=now - int(captured_ago_ms * 1e6) + i * 1_000_000)
+
+
+def _encoded_counters(worker):
+    """The frame counters (pixels) of the set the worker encoded last."""
+    return [content.frame_counter(worker.set.frames[i])[1] for i in range(N_VIEWS)]
+
+
+def test_same_trigger_waits_for_the_rest_of_a_trigger_then_encodes_it_whole(instance):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='same_trigger'"])
+    _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
+    _publish(writers, (0, 1, 2), 2, 100.2)                     # trigger 2 arriving: views 3, 4 not yet
+    worker.step()                                              # (one wait slice: 50 of the 100 ms)
+    assert vl_ring.head == 0                                   # waiting for views 3 and 4 (bounded)
+    _publish(writers, (3, 4), 2, 100.2)
+    _steps(worker, 2)
+    assert vl_ring.head == 1 and _encoded_counters(worker) == [2] * N_VIEWS
+    assert worker.mixed.value == 0 and worker.incomplete.value == 0
+    rt.close()
+
+
+def test_same_trigger_takes_the_newest_complete_trigger_when_a_view_stays_behind(instance):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='same_trigger'"])
+    _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
+    _publish(writers, (0, 1, 2, 3), 2, 100.2)                  # view 5 lost this frame
+    t0 = time.monotonic()
+    while vl_ring.head == 0 and time.monotonic() - t0 < 2.0:
+        worker.step()
+    waited_s = time.monotonic() - t0
+    assert vl_ring.head == 1 and _encoded_counters(worker) == [1] * N_VIEWS
+    assert worker.incomplete.value == 1 and worker.mixed.value == 0
+    assert 0.08 <= waited_s < 0.5                               # half a camera period, not longer
+    _publish(writers, range(N_VIEWS), 3, 100.4)
+    _steps(worker, 3)
+    assert vl_ring.head == 2 and _encoded_counters(worker) == [3] * N_VIEWS
+    rt.close()
+
+
+def test_newest_mixes_triggers_and_it_is_counted(instance):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='newest'", "vl.max_skew_ms=150"])
+    _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
+    _publish(writers, (0, 1, 2), 2, 100.2)
+    _steps(worker, 2)
+    assert vl_ring.head == 1 and _encoded_counters(worker) == [2, 2, 2, 1, 1]
+    assert worker.mixed.value == 1 and worker.over_skew.value == 1 and worker.rejected.value == 0
+    rt.close()

@@ -36,6 +36,9 @@ def test_window_is_newest_records_right_aligned(depth, written, n):
         assert (meta["record"][n - k:] == expect).all()
         assert (meta["src_ts"][n - k:] == expect).all()
         assert (out[: n - k] == -7).all()        # the front is left for the caller to pad
+        meta_only = np.zeros(n, META_DTYPE)
+        assert ring.window(n, None, meta_only) == k          # metadata only: the same records
+        assert (meta_only[n - k:] == meta[n - k:]).all()
     finally:
         ring.close()
         ring.unlink()

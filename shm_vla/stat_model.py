@@ -18,7 +18,7 @@ from .config import Config
 from .shm import segment as segmod
 from .shm import stats as statsmod
 from .shm.ring import Ring
-from .streams import N_VIEWS, view_stream
+from . import pipeline as P
 
 SCHEMA_VERSION = 1
 RATE_WINDOW_S = 2.0               # ring-derived rates: records received in the last 2 s ...
@@ -213,18 +213,13 @@ def _with_prefix(values: dict, prefix: str) -> dict:
 
 
 def expected_rates(cfg: Config) -> dict:
-    """Nominal records per second of every ring."""
-    rates = {"sensor": cfg.sensor.rate_hz, "robot": cfg.robot.rate_hz,
-             "vl_feature": cfg.act.tick_hz / cfg.act.vl_reuse, "results": cfg.act.tick_hz}
-    rates.update({view_stream(i): cfg.camera.rate_hz for i in range(N_VIEWS)})
-    return rates
+    """Nominal records per second of every ring stat shows (not the JPEG copies)."""
+    return {name: stream.rate_hz(cfg) for name, stream in P.STREAMS.items() if name not in P.JPEGS}
 
 
-INPUTS = {
-    "sensor": ("ingest-sensor", ("sensor",)),
-    "robot": ("ingest-robot", ("robot",)),
-    "camera": ("ingest-camera", tuple(view_stream(i) for i in range(N_VIEWS))),
-}
+# Input kind -> (its ingest process, the rings it writes that stat shows).
+INPUTS = {kind: (stage.name, tuple(s for s in stage.writes if s not in P.JPEGS))
+          for kind, stage in P.INGEST_STAGES.items()}
 
 
 def _processes(cfg: Config, sampler: ProcessSampler | None, th: Thresholds) -> dict:
@@ -234,7 +229,7 @@ def _processes(cfg: Config, sampler: ProcessSampler | None, th: Thresholds) -> d
             found[name] = read_stats(cfg.instance, name, cfg.shm.prefix)
         except segmod.ShmError:
             continue            # being (re)initialised, or not ours: skip this refresh
-    sup = found.get("supervisor")
+    sup = found.get(P.SUPERVISOR)
     supervising = bool(sup and sup["alive"] and sup["last_state"] in ("up", "restarting"))
     out = {}
     for name, snap in sorted(found.items()):
@@ -282,8 +277,8 @@ def _input(cfg: Config, kind: str, procs: dict, streams: dict, th: Thresholds) -
 
 
 def _vl(procs: dict, streams: dict, th: Thresholds) -> dict:
-    head, v = _proc_head(procs, "vl")
-    ring = streams["vl_feature"]
+    head, v = _proc_head(procs, P.VL)
+    ring = streams[P.VL_FEATURE]
     out = {**head, **{k: _num(v, k) for k in ("updates", "encode_ms", "encode_ms_p50", "encode_ms_p99",
                                                "view_skew_ms", "over_skew_sets", "rejected_sets", "read_errors",
                                                "unsynced_sets", "stale_sets", "mixed_trigger_sets",
@@ -297,12 +292,12 @@ def _vl(procs: dict, streams: dict, th: Thresholds) -> dict:
 
 
 def _act(cfg: Config, procs: dict, streams: dict, th: Thresholds) -> dict:
-    head, v = _proc_head(procs, "act")
+    head, v = _proc_head(procs, P.ACT)
     held = _with_prefix(v, "held.")
     names = ("ticks", "missed_ticks", "clamped_ticks", "rate_hz", "latency_ms_p50", "latency_ms_p99",
              "lateness_ms_p50", "lateness_ms_p99", "commands_sent", "commands_failed", "vl_update_number")
     out = {**head, **{k: _num(v, k) for k in names}, "expected_hz": cfg.act.tick_hz, "held": held,
-           "held_total": sum(held.values()) if v else None, "result_age_ms": streams["results"]["age_ms"]}
+           "held_total": sum(held.values()) if v else None, "result_age_ms": streams[P.RESULTS]["age_ms"]}
     out["levels"] = {"rate_hz": th.rate(out["rate_hz"], cfg.act.tick_hz) if v else "none",
                      "latency_ms_p50": th.tick_duration(out["latency_ms_p50"]),
                      "latency_ms_p99": th.tick_duration(out["latency_ms_p99"]),
@@ -315,7 +310,7 @@ def _act(cfg: Config, procs: dict, streams: dict, th: Thresholds) -> dict:
 
 
 def _record(procs: dict, th: Thresholds) -> dict:
-    head, v = _proc_head(procs, "record")
+    head, v = _proc_head(procs, P.RECORD)
     names = ("records_written", "vl_updates_written", "lag_records", "lost", "frames_written",
              "robot_rows_written", "sensor_records_written", "data_lost")
     out = {**head, **{k: _num(v, k) for k in names}}

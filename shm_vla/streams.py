@@ -1,7 +1,8 @@
-"""The rings of one pipeline instance: names, record types and depths, all from config.
+"""The rings of one pipeline instance: record types and depths, from config.
 
-Writers create, readers attach, both through these functions, so the two sides can
-never disagree on a layout (and if an old segment does, attach fails with a clear error).
+Names, writers and readers are declared in pipeline.py; this module gives each ring its
+record type. Writers create, readers attach, both through these functions, so the two sides
+can never disagree on a layout (and if an old segment does, attach fails with a clear error).
 
     view1..view5   uint8 (H, W, 3) decoded frames; meta src_ts = capture time (sender clock),
                    label = camera name, aux = that camera's wall-clock offset estimate (s)
@@ -9,12 +10,12 @@ never disagree on a layout (and if an old segment does, attach fails with a clea
     robot          float32 (12,) joints then pose; aux = force placeholder
     sensor         float32 (ascan_len + 1,) in model order (force first or last);
                    aux = src_ts corrected to our wall clock (s)
+    vl_feature     VL_DTYPE(vl_dim) one record per VL update
+    results        results_dtype(H, A) one record per action tick
 
 Every ring record's meta holds capture_mono_ns: its capture time on our CLOCK_MONOTONIC
 through the sender's estimated clock offset (-1 until the offset is established); the
 action gate judges freshness by it (ingest/clock.py).
-    vl_feature     VL_DTYPE(vl_dim) one record per VL update
-    results        results_dtype(H, A) one record per action tick
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import pipeline as P
 from .config import Config
 from .shm.ring import Ring, ring_footprint, ring_layout
 from .shm.stats import stats_footprint
 
-N_VIEWS = 5
+N_VIEWS = P.N_VIEWS
 ROBOT_DIMS = 12
 DP_DIMS = 6
 
@@ -38,11 +40,11 @@ HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", 
 
 
 def view_stream(i: int) -> str:
-    return f"view{i + 1}"
+    return P.VIEWS[i]
 
 
 def jpeg_stream(i: int) -> str:
-    return f"jpeg{i + 1}"
+    return P.JPEGS[i]
 
 
 def vl_dtype(vl_dim: int) -> np.dtype:
@@ -170,23 +172,23 @@ class Streams:
 
     # robot, sensor
     def robot_spec(self) -> RingSpec:
-        return RingSpec("robot", np.float32, (ROBOT_DIMS,), self.cfg.robot.ring_depth)
+        return RingSpec(P.ROBOT, np.float32, (ROBOT_DIMS,), self.cfg.robot.ring_depth)
 
     def create_robot(self) -> Ring:
         return self._create(self.robot_spec())
 
     def attach_robot(self) -> Ring:
-        return self._attach("robot", np.float32, (ROBOT_DIMS,))
+        return self._attach(P.ROBOT, np.float32, (ROBOT_DIMS,))
 
     def sensor_spec(self) -> RingSpec:
-        return RingSpec("sensor", np.float32, (self.cfg.sensor_channels,), self.cfg.sensor.ring_depth,
+        return RingSpec(P.SENSOR, np.float32, (self.cfg.sensor_channels,), self.cfg.sensor.ring_depth,
                         {"force_position": self.cfg.sensor.force_position})
 
     def create_sensor(self) -> Ring:
         return self._create(self.sensor_spec())
 
     def attach_sensor(self) -> Ring:
-        ring = self._attach("sensor", np.float32, (self.cfg.sensor_channels,))
+        ring = self._attach(P.SENSOR, np.float32, (self.cfg.sensor_channels,))
         order = ring.layout.get("extras", {}).get("force_position")
         if order != self.cfg.sensor.force_position:
             raise ValueError(f"{ring.name}: force is {order} in the ring, config sensor.force_position is "
@@ -195,23 +197,23 @@ class Streams:
 
     # model outputs
     def vl_spec(self, vl_dim: int) -> RingSpec:
-        return RingSpec("vl_feature", vl_dtype(vl_dim), (), 64)
+        return RingSpec(P.VL_FEATURE, vl_dtype(vl_dim), (), 64)
 
     def create_vl(self, vl_dim: int) -> Ring:
         return self._create(self.vl_spec(vl_dim))
 
     def attach_vl(self, vl_dim: int) -> Ring:
-        return self._attach("vl_feature", vl_dtype(vl_dim), ())
+        return self._attach(P.VL_FEATURE, vl_dtype(vl_dim), ())
 
     def results_spec(self, horizon: int, action_dim: int) -> RingSpec:
-        return RingSpec("results", results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
+        return RingSpec(P.RESULTS, results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
 
     def create_results(self, horizon: int, action_dim: int) -> Ring:
         return self._create(self.results_spec(horizon, action_dim))
 
     def attach_results(self) -> Ring:
         """The recorder does not know H and A: take them from the segment, checking the kind."""
-        ring = Ring.attach(self.instance, "results", prefix=self.prefix)
+        ring = Ring.attach(self.instance, P.RESULTS, prefix=self.prefix)
         if ring.dtype.names is None or "actions" not in ring.dtype.names:
             raise ValueError(f"{ring.name}: not a results ring")
         return ring

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from . import config as configmod
 from . import lifeline
+from . import pipeline as P
 from .shm import segment as segmod
 from .shm.segment import EXIT_SHM_FULL, ShmError, ShmFull
 from .shm.stats import Stats
@@ -66,19 +67,20 @@ def _child_argv(args, cmd: list) -> list:
     return argv
 
 
+def _stage_argv(args, stage) -> list:
+    """The command of a stage (pipeline.py), with what this run adds to it."""
+    cmd = list(stage.command)
+    if stage.name == P.RECORD:
+        cmd += ["--out", args.out] + (["--save-data"] if args.save_data else [])
+    return _child_argv(args, cmd)
+
+
 def build_children(args, cfg) -> list[Child]:
     sims = []
     if args.sim:
         sim = ["sim", "all", "--log", os.path.join(args.out, f"commands_{args.instance}.jsonl")]
-        sims.append(Child("sim", _child_argv(args, sim)))
-    stages = [["ingest", "camera"], ["ingest", "robot"], ["ingest", "sensor"], ["vl"], ["act"],
-              ["record", "--out", args.out] + (["--save-data"] if args.save_data else [])]
-    return sims + [Child("-".join(cmd[:2]) if cmd[0] == "ingest" else cmd[0], _child_argv(args, cmd))
-                   for cmd in stages]
-
-
-# Stop order: see the module docstring.
-STOP_ORDER = ("act", "record", "vl", "ingest-camera", "ingest-robot", "ingest-sensor", "sim")
+        sims.append(Child(P.SIM, _child_argv(args, sim)))
+    return sims + [Child(stage.name, _stage_argv(args, stage)) for stage in P.STAGES.values()]
 
 
 class Supervisor:
@@ -131,7 +133,7 @@ class Supervisor:
         limit_ms = self.cfg.supervise.hang_timeout_s * 1e3
         for child in self.children.values():
             proc = child.proc
-            if child.name == "sim" or proc is None or proc.poll() is not None or child.kill_at is not None:
+            if child.name == P.SIM or proc is None or proc.poll() is not None or child.kill_at is not None:
                 continue
             try:
                 snap = read_snapshot(self.cfg.instance, child.name, self.cfg.shm.prefix)
@@ -199,7 +201,7 @@ class Supervisor:
         """Every child reports state up in its stats segment (sims have none: they are up when started)."""
         from .shm.stats import read_snapshot
         for name in self.children:
-            if name == "sim":
+            if name == P.SIM:
                 continue
             try:
                 if read_snapshot(cfg.instance, name, cfg.shm.prefix)["state"] != "up":
@@ -212,7 +214,7 @@ class Supervisor:
         self.stopping = True
         self.stats.set_state("stopping")
         timeout = self.cfg.supervise.stop_timeout_s
-        names = [n for n in STOP_ORDER if n in self.children] + [n for n in self.children if n not in STOP_ORDER]
+        names = P.stop_order(self.children)
         for name in names:
             proc = self.children[name].proc
             if proc is None or proc.poll() is not None:
@@ -308,7 +310,7 @@ def _check_room(cfg, info, children: list[Child]) -> None:
     """ShmFull unless /dev/shm can hold every ring and stats segment of the instance (sizes
     from the code that creates them: streams.py, ring.py, stats.py)."""
     from .streams import Streams
-    stats_processes = len([c for c in children if c.name != "sim"]) + 1     # + the supervisor's
+    stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
     needed, count = Streams(cfg).footprint(info.vl_dim, info.horizon, info.action_dim, stats_processes)
     segmod.check_room(needed, f"instance {cfg.instance!r} ({count} segments)")
 
@@ -357,7 +359,7 @@ def main(argv: list[str]) -> int:
         _fresh_instance(cfg)
         _check_before_start(cfg)                   # ports free, groups usable
         _check_room(cfg, info, children)           # before anything is created or started
-        stats = Stats.create(cfg.instance, "supervisor", prefix=cfg.shm.prefix, group=cfg.shm.group)
+        stats = Stats.create(cfg.instance, P.SUPERVISOR, prefix=cfg.shm.prefix, group=cfg.shm.group)
     except (ShmFull, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return configmod.EXIT_CONFIG_ERROR

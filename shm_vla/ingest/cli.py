@@ -5,9 +5,10 @@ import importlib
 import sys
 
 from ..config import ConfigError
+from ..pipeline import INGEST_STAGES
 from ..process import run_process
 
-KINDS = ("camera", "robot", "sensor")
+KINDS = tuple(INGEST_STAGES)
 USAGE = (f"usage: shm-vla ingest {{{'|'.join(KINDS)}}} --instance NAME [--config PATH] [--set K=V]\n"
          f"  (shm-vla ingest KIND --help: the options of one)")
 
@@ -22,5 +23,5 @@ def main(argv: list[str]) -> int:
     kind = argv[0]
     module = importlib.import_module(f"shm_vla.ingest.{kind}")
     # ConfigError from a run: a listening port that another program holds (exit 2, not restarted)
-    return run_process(f"shm-vla ingest {kind}", f"ingest-{kind}", argv[1:], lambda rt, args: module.run(rt),
+    return run_process(f"shm-vla ingest {kind}", INGEST_STAGES[kind].name, argv[1:], lambda rt, args: module.run(rt),
                        config_errors=(ConfigError,))

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import zmq
 
+from .. import pipeline as P
 from ..gate import Gate, InputAges
 from ..process import Runtime, attach_when_ready, run_process
 from ..protocol import command as command_proto
@@ -291,7 +292,7 @@ def run(rt: Runtime) -> int:
         (streams.attach_sensor, "the sensor ring"), (streams.attach_robot, "the robot ring"))]
     if any(r is None for r in rings):
         return 0
-    for ring, stream in zip(rings, ("vl_feature", "sensor", "robot")):
+    for ring, stream in zip(rings, (P.VL_FEATURE, P.SENSOR, P.ROBOT)):
         rt.watch_reads(ring, stream)
     inputs = Inputs(cfg.sensor.window, info.robot_window, *rings)
     commander = Commander(rt)
@@ -310,4 +311,4 @@ def run(rt: Runtime) -> int:
 
 def main(argv: list[str]) -> int:
     from ..model import CheckpointError
-    return run_process("shm-vla act", "act", argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))
+    return run_process("shm-vla act", P.ACT, argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import config as configmod
+from .. import pipeline as P
 from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
@@ -82,8 +83,8 @@ class Recorder:
         self.vl_written = s.counter("vl_updates_written")
         self.lost = s.counter("lost")
         self.lag = s.gauge("lag_records", 0.0)
-        self.results = RingCursor(results, 64, self.lost, start.get("results", 0), writer.note_lost)
-        self.vl = RingCursor(vl, 16, start=start.get("vl_feature", 0)) if vl is not None else None
+        self.results = RingCursor(results, 64, self.lost, start.get(P.RESULTS, 0), writer.note_lost)
+        self.vl = RingCursor(vl, 16, start=start.get(P.VL_FEATURE, 0)) if vl is not None else None
         self.data = data_rings
         self.checkpoint_every = rt.cfg.record.flush_every
         self._since_checkpoint = 0
@@ -94,7 +95,7 @@ class Recorder:
             self.robot_rows = s.counter("robot_rows_written")
             self.sensor_records = s.counter("sensor_records_written")
             self.data_lost = s.counter("data_lost")
-            self.cursors = {name: RingCursor(ring, 4 if name.startswith("jpeg") else 512, self.data_lost,
+            self.cursors = {name: RingCursor(ring, 4 if name in P.JPEGS else 512, self.data_lost,
                                              start.get(name, 0))
                             for name, ring in data_rings.items()}
             width = cfg.sensor_channels
@@ -180,9 +181,9 @@ class Recorder:
         if self.vl is not None:
             n += self.vl.drain(self._vl)
         for name, cursor in self.cursors.items():
-            if name.startswith("jpeg"):
-                n += cursor.drain(self._jpeg(int(name[4:]) - 1))
-            elif name == "robot":
+            if name in P.JPEGS:
+                n += cursor.drain(self._jpeg(P.JPEGS.index(name)))
+            elif name == P.ROBOT:
                 n += cursor.drain(self._robot)
             else:
                 n += cursor.drain(self._sensor)
@@ -191,9 +192,9 @@ class Recorder:
 
     def positions(self) -> dict:
         """The next record of every ring read, by ring name (what a checkpoint saves)."""
-        out = {"results": self.results.next_record}
+        out = {P.RESULTS: self.results.next_record}
         if self.vl is not None:
-            out["vl_feature"] = self.vl.next_record
+            out[P.VL_FEATURE] = self.vl.next_record
         out.update((name, cursor.next_record) for name, cursor in self.cursors.items())
         return out
 
@@ -210,8 +211,8 @@ class Recorder:
 
 def _attach_data_rings(rt: Runtime, streams: Streams) -> dict | None:
     rings = {}
-    wanted = [(f"jpeg{i + 1}", lambda i=i: streams.attach_jpeg(i)) for i in range(N_VIEWS)]
-    wanted += [("robot", streams.attach_robot), ("sensor", streams.attach_sensor)]
+    wanted = [(P.JPEGS[i], lambda i=i: streams.attach_jpeg(i)) for i in range(N_VIEWS)]
+    wanted += [(P.ROBOT, streams.attach_robot), (P.SENSOR, streams.attach_sensor)]
     for name, attach in wanted:
         ring = attach_when_ready(rt, attach, f"the {name} ring")
         if ring is None:
@@ -243,12 +244,12 @@ def open_session(rt: Runtime, out_dir: str, save_data: bool, results: Ring) -> t
     run_id = run_identity(results)
     # a checkpoint ahead of the ring cannot be of this ring (an inode reused after a wrap)
     plan = plan_session(out_dir, cfg.instance,
-                        lambda s: s.run == run_id and int(s.cursors.get("results", 0)) <= results.head)
+                        lambda s: s.run == run_id and int(s.cursors.get(P.RESULTS, 0)) <= results.head)
     options = dict(save_data=save_data, flush_every=cfg.record.flush_every, views=tuple(cfg.camera.views))
     if plan.resume is not None:
         writer = SessionWriter.resume(plan.resume, **options)
         rt.log.info("continuing this run's session %s from results record %d", writer.path,
-                    plan.cursors.get("results", 0))
+                    plan.cursors.get(P.RESULTS, 0))
     else:
         writer = SessionWriter(out_dir, state=SessionState(cfg.instance, run_id, cursors=plan.cursors),
                                group=cfg.record.group, **options)
@@ -285,12 +286,12 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     results = attach_when_ready(rt, streams.attach_results, "the results ring")
     if results is None:
         return 0
-    vl = attach_when_ready(rt, lambda: Ring.attach(rt.cfg.instance, "vl_feature", prefix=rt.cfg.shm.prefix),
+    vl = attach_when_ready(rt, lambda: Ring.attach(rt.cfg.instance, P.VL_FEATURE, prefix=rt.cfg.shm.prefix),
                            "the VL feature ring")
     data = _attach_data_rings(rt, streams) if save_data else {}
     if data is None:
         return 0
-    for name, ring in [("results", results), ("vl_feature", vl)] + list(data.items()):
+    for name, ring in [(P.RESULTS, results), (P.VL_FEATURE, vl)] + list(data.items()):
         rt.watch_reads(ring, name)
     writer, cursors, cut_off = open_session(rt, out_dir, save_data, results)
     recorder = Recorder(rt, writer, results, vl, data, cursors)
@@ -316,5 +317,5 @@ def main(argv: list[str]) -> int:
     def body(rt, args):
         save = rt.cfg.record.save_data if args.save_data is None else args.save_data
         return run(rt, args.out or rt.cfg.record.out_dir, save)
-    return run_process("shm-vla record", "record", argv, body, extra=_arguments,
+    return run_process("shm-vla record", P.RECORD, argv, body, extra=_arguments,
                        config_errors=(configmod.ConfigError,))

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from .. import pipeline as P
 from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
@@ -246,7 +247,7 @@ def run(rt: Runtime) -> int:
         if ring is None:
             return 0
         views.append(ring)
-        rt.watch_reads(ring, f"view{i + 1}")
+        rt.watch_reads(ring, P.VIEWS[i])
     worker = VlWorker(rt, views, vl_ring, backbone)
     rt.ready(f"vl {cfg.model.backbone} on {cfg.model.vl_device}, dim {vl_dim}")
     try:
@@ -262,4 +263,4 @@ def run(rt: Runtime) -> int:
 
 def main(argv: list[str]) -> int:
     from ..model import CheckpointError
-    return run_process("shm-vla vl", "vl", argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))
+    return run_process("shm-vla vl", P.VL, argv, lambda rt, args: run(rt), config_errors=(CheckpointError,))

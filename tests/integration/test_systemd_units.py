@@ -22,20 +22,14 @@ from pathlib import Path
 import pytest
 
 from shm_vla import cli, config
+from shm_vla import pipeline as P
 from shm_vla.shm.segment import EXIT_SHM_FULL
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD = REPO / "systemd"
 INSTALL = SYSTEMD / "install.sh"
 UMBRELLA = "shm-vla@.service"
-PROCESS_UNITS = {  # unit -> the shm-vla command it runs
-    "shm-vla-ingest-camera@.service": "ingest camera",
-    "shm-vla-ingest-robot@.service": "ingest robot",
-    "shm-vla-ingest-sensor@.service": "ingest sensor",
-    "shm-vla-vl@.service": "vl",
-    "shm-vla-act@.service": "act",
-    "shm-vla-record@.service": "record",
-}
+PROCESS_UNITS = {stage.unit: " ".join(stage.command) for stage in P.STAGES.values()}  # unit -> its command
 ALL_UNITS = [UMBRELLA, *PROCESS_UNITS, "shm-vla-mps@.service"]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 

@@ -1,0 +1,78 @@
+"""The pipeline declaration (shm_vla/pipeline.py) is the one source of names: the systemd
+units, docs/SHM.md's table of rings, the supervisor, stat and streams.py all agree with it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shm_vla import config, pipeline as P
+from shm_vla.stat_model import INPUTS, expected_rates
+from shm_vla.streams import Streams
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unit_keys(path: Path) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            keys.setdefault(key.strip(), []).extend(value.split())
+    return keys
+
+
+@pytest.mark.parametrize("stage", P.STAGES.values(), ids=lambda s: s.name)
+def test_each_stage_has_its_unit_running_its_command_after_its_writers(stage):
+    keys = unit_keys(REPO / "systemd" / stage.unit)
+    exec_start = keys["ExecStart"]
+    assert exec_start[1:1 + len(stage.command)] == list(stage.command), exec_start
+    after = set(keys.get("After", []))
+    for writer in P.writers_of(stage):
+        assert P.STAGES[writer].unit.replace("@.service", "@%i.service") in after, (stage.name, writer)
+
+
+def test_the_instance_unit_wants_exactly_the_stages():
+    wants = set(unit_keys(REPO / "systemd" / "shm-vla@.service")["Wants"])
+    assert wants == {s.unit.replace("@.service", "@%i.service") for s in P.STAGES.values()}
+
+
+def test_every_stage_unit_in_systemd_is_declared():
+    units = {p.name for p in (REPO / "systemd").glob("shm-vla-*@.service")} - {"shm-vla-mps@.service"}
+    assert units == {s.unit for s in P.STAGES.values()}
+
+
+def _expand(cell: str) -> list[str]:
+    m = re.fullmatch(r"(\w+?)(\d)\.\.(\w+?)(\d)", cell)
+    return [f"{m[1]}{i}" for i in range(int(m[2]), int(m[4]) + 1)] if m else [cell]
+
+
+def test_docs_shm_table_of_rings_matches_the_declaration():
+    text = (REPO / "docs" / "SHM.md").read_text()
+    rows = re.findall(r"^\| (\S+) \| [^|]+ \| ([^|]+) \| ([^|]+) \|$", text, re.M)
+    table = {}
+    for cell, writer, readers in rows:
+        if cell in ("stream", "---"):
+            continue
+        for name in _expand(cell):
+            table[name] = (writer.strip(), readers.strip())
+    assert set(table) == set(P.STREAMS)
+    for name, (writer, readers) in table.items():
+        assert writer.replace(" ", "-") == P.STREAMS[name].writer, name
+        declared = {s.name for s in P.STAGES.values() if name in s.reads}
+        declared_save = {s.name for s in P.STAGES.values() if name in s.reads_with_save_data}
+        listed = [r.strip() for r in readers.split(",")]
+        assert {r.replace(" ", "-") for r in listed if "--save-data" not in r} == declared, name
+        assert {r.split(" (")[0] for r in listed if "--save-data" in r} == declared_save, name
+
+
+def test_streams_stat_and_stop_order_derive_from_it():
+    cfg = config.Config()
+    specs = Streams(cfg).ring_specs(vl_dim=8, horizon=8, action_dim=7)
+    assert [s.stream for s in specs] == list(P.VIEWS + P.JPEGS + (P.ROBOT, P.SENSOR, P.VL_FEATURE, P.RESULTS))
+    assert set(specs_names := {s.stream for s in specs}) == set(P.STREAMS), specs_names
+    assert set(expected_rates(cfg)) == set(P.STREAMS) - set(P.JPEGS)
+    assert {process for process, _ in INPUTS.values()} == {P.INGEST_CAMERA, P.INGEST_ROBOT, P.INGEST_SENSOR}
+    order = P.stop_order([P.SIM, *P.STAGES])
+    assert order[:3] == [P.ACT, P.RECORD, P.VL] and order[-1] == P.SIM

@@ -11,7 +11,7 @@ can never disagree on a layout (and if an old segment does, attach fails with a 
     sensor         float32 (ascan_len + 1,) in model order (force first or last);
                    aux = src_ts corrected to our wall clock (s)
     vl_feature     VL_DTYPE(vl_dim) one record per VL update
-    results        results_dtype(H, A) one record per action tick
+    results        tick.results_dtype(H, A) one record per action tick (fields: tick.py)
 
 Every ring record's meta holds capture_mono_ns: its capture time on our CLOCK_MONOTONIC
 through the sender's estimated clock offset (-1 until the offset is established); the
@@ -24,19 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import pipeline as P
+from . import tick
 from .config import Config
 from .shm.ring import Ring, ring_footprint, ring_layout
 from .shm.stats import stats_footprint
 
 N_VIEWS = P.N_VIEWS
-ROBOT_DIMS = 12
-DP_DIMS = 6
-
-# Why a tick withheld its command (results.held; 0 = command sent).
-HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", "no_sensor", "no_robot",
-                "nonfinite_output", "nonfinite_input", "read_error",
-                "unsynced_sensor", "unsynced_robot", "unsynced_camera",       # no clock offset yet (gate.py)
-                "stale_sensor_window", "stale_robot_window", "stale_frames")  # by capture time (gate.py)
+# the tick record is declared in tick.py; these are re-exported for their many readers
+HOLD_REASONS, DP_DIMS, ROBOT_DIMS, results_dtype = tick.HOLD_REASONS, tick.DP_DIMS, tick.ROBOT_DIMS, tick.results_dtype
 
 
 def view_stream(i: int) -> str:
@@ -59,46 +54,6 @@ def vl_dtype(vl_dim: int) -> np.dtype:
         ("frame_record", "<i8", (N_VIEWS,)),    # record numbers in view1..5: never encode a set twice
         ("skew_ms", "<f8"),                     # newest minus oldest capture time
     ])
-
-
-def results_dtype(horizon: int, action_dim: int) -> np.dtype:
-    return np.dtype([
-        ("action_id", "<i8"),
-        ("timestamp", "<f8"),                   # wall clock at the tick (s)
-        ("tick_mono_ns", "<i8"),
-        ("actions", "<f4", (horizon, action_dim)),
-        ("delta", "<f4", (horizon, action_dim)),
-        ("has_delta", "u1"),
-        ("held", "u1"),                         # index into HOLD_REASONS; 0 = sent
-        ("sent", "u1"),                         # the command went out on the socket
-        ("clamped", "u1"),
-        ("dp", "<f4", (DP_DIMS,)),              # the command (after the clamp)
-        ("vl_update_number", "<i8"),
-        ("vl_update_time_ms", "<f8"),           # encode time of the feature used
-        ("sensor_encoding_ms", "<f8"),
-        ("robot_encoding_ms", "<f8"),
-        ("action_prediction_ms", "<f8"),
-        ("total_ms", "<f8"),
-        ("tick_lateness_ms", "<f8"),
-        # input ages at the gate (gate.py): capture time of the newest record, its receipt,
-        # capture time of the oldest record in the window; NaN = no capture time (unsynced)
-        ("sensor_age_ms", "<f8"),
-        ("sensor_recv_age_ms", "<f8"),
-        ("sensor_window_age_ms", "<f8"),
-        ("robot_age_ms", "<f8"),
-        ("robot_recv_age_ms", "<f8"),
-        ("robot_window_age_ms", "<f8"),
-        ("vl_age_ms", "<f8"),                   # since the feature was published
-        ("frame_age_ms", "<f8"),                # since its oldest frame was captured
-        ("sensor_window_ts", "<f8", (2,)),      # capture times (sender clock) of the window's oldest, newest
-        ("robot_window_ts", "<f8", (2,)),
-        ("view_skew_ms", "<f8"),
-        ("sensor_buffer_size", "<i4"),
-        ("robot_buffer_size", "<i4"),
-        ("robot_state", "<f4", (ROBOT_DIMS,)),
-        ("robot_ts", "<f8"),                    # origin timestamp of that robot sample
-    ])
-
 
 
 @dataclass(frozen=True)

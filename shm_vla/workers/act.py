@@ -21,6 +21,7 @@ import numpy as np
 import zmq
 
 from .. import pipeline as P
+from .. import tick
 from ..gate import Gate, InputAges
 from ..process import Runtime, attach_when_ready, run_process
 from ..protocol import command as command_proto
@@ -133,8 +134,8 @@ class ActWorker:
         self.missed = s.counter("missed_ticks")
         self.clamped = s.counter("clamped_ticks")
         self.held = {r: s.counter(f"held.{r}") for r in HOLD_REASONS if r}
-        self.lateness = RollingGauges(s, "lateness_ms", every=10)
-        self.latency = RollingGauges(s, "latency_ms", every=10)
+        self.lateness = RollingGauges(s, tick.stat_gauge("tick_lateness_ms"), every=10)
+        self.latency = RollingGauges(s, tick.stat_gauge("total_ms"), every=10)
         self.rate_hz = s.gauge("rate_hz", 0.0)
         self.last_vl_update = s.gauge("vl_update_number")
         self._rate_start_ns, self._rate_ticks = time.monotonic_ns(), self.action_id

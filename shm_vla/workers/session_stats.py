@@ -15,28 +15,23 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from .. import tick
+
 # --------------------------------------------------------------------------- record schema
 # The fields the deployed receiver writes on *every* line of performance_timings, in this
 # order, always numbers (times in ms): the deployed scripts read them from every line.
-DEPLOYED_TIMING_FIELDS = (
-    "timestamp", "action_id", "vl_update_number", "vl_update_time", "sensor_encoding_time",
-    "robot_encoding_time", "action_prediction_time", "total_time", "sensor_buffer_size",
-    "robot_buffer_size",
-)
-# The per-stage times of a tick, under their deployed names.
-SPLIT_FIELDS = ("sensor_encoding_time", "robot_encoding_time", "action_prediction_time")
+# All tick fields are declared in shm_vla/tick.py; these derive from it.
+DEPLOYED_TIMING_FIELDS = tick.line_fields("deployed")
+# The per-stage times of a tick, under their deployed names, and the key of each stage's own
+# measurement (null where act could not time that stage on its own).
+MEASURED_FIELDS = tick.MEASURED_FIELDS
+SPLIT_FIELDS = tuple(MEASURED_FIELDS)
 # A tick line (action or held): the deployed fields, then these (null allowed).
-ADDED_ACTION_FIELDS = (
-    "tick_lateness_ms", "sensor_age_ms", "robot_age_ms", "vl_age_ms", "frame_age_ms",
-    "view_skew_ms", "held",
-)
+ADDED_ACTION_FIELDS = tick.line_fields("added")
 ACTION_FIELDS = DEPLOYED_TIMING_FIELDS + ADDED_ACTION_FIELDS
 # Known extras of a tick line, written after ACTION_FIELDS in this order: each stage's own
-# measurement (null where act could not time that stage on its own), then capture-time ages.
-MEASURED_FIELDS = {name: name.removesuffix("_time") + "_ms" for name in SPLIT_FIELDS}
-ACTION_EXTRA_FIELDS = tuple(MEASURED_FIELDS.values()) + (
-    "sensor_recv_age_ms", "sensor_window_age_ms", "robot_recv_age_ms", "robot_window_age_ms",
-)
+# measurement, then capture-time ages.
+ACTION_EXTRA_FIELDS = tick.line_fields("extra")
 # A VL update line: the deployed fields (those that do not apply are 0, action_id too),
 # then these extras.
 VL_REQUIRED_FIELDS = ("timestamp", "vl_update_number", "vl_update_time")

@@ -76,3 +76,13 @@ def test_streams_stat_and_stop_order_derive_from_it():
     assert {process for process, _ in INPUTS.values()} == {P.INGEST_CAMERA, P.INGEST_ROBOT, P.INGEST_SENSOR}
     order = P.stop_order([P.SIM, *P.STAGES])
     assert order[:3] == [P.ACT, P.RECORD, P.VL] and order[-1] == P.SIM
+
+
+def test_the_tick_table_is_the_session_schema_and_the_ring():
+    from shm_vla import tick
+    from shm_vla.workers import session_stats as S
+    assert S.ACTION_FIELDS + S.ACTION_EXTRA_FIELDS == tuple(f.line for f in tick.TICK_FIELDS if f.line)
+    dtype = tick.results_dtype(8, 7)
+    assert {f.ring for f in tick.TICK_FIELDS if f.ring} == set(dtype.names)
+    assert dtype["actions"].shape == (8, 7) and dtype["dp"].shape == (tick.DP_DIMS,)
+    assert tick.stat_gauge("total_ms") == "latency_ms" and tick.stat_gauge("tick_lateness_ms") == "lateness_ms"

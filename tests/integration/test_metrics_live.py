@@ -4,6 +4,7 @@ prometheus-client's own parser; then the exporter stalled, killed, and the cell 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -14,7 +15,7 @@ import pytest
 prometheus_client = pytest.importorskip("prometheus_client", reason="pip install shm-vla[metrics]")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from procs import free_port, spawn, stop, wait_for, write_config  # noqa: E402
+from procs import REPO, free_port, spawn, stop, wait_for, write_config  # noqa: E402
 from shm_vla import config, metrics  # noqa: E402
 from shm_vla.model.make_checkpoint import make_checkpoint  # noqa: E402
 from shm_vla.shm import segment as segmod  # noqa: E402
@@ -22,6 +23,7 @@ from shm_vla.shm import stats as statsmod  # noqa: E402
 from shm_vla.stat_model import read_ring  # noqa: E402
 
 pytestmark = pytest.mark.slow
+DASHBOARD = REPO / "tools" / "grafana" / "shm-vla.json"
 PROCESSES = {"supervisor", "ingest-camera", "ingest-robot", "ingest-sensor", "vl", "act", "record"}
 
 
@@ -112,6 +114,10 @@ def test_scrape_a_live_cell_then_stall_kill_and_stop(tmp_path, instance):
             assert one(families, "stream_age_limit_seconds", cell=instance, stream=stream) == limit_ms / 1e3
             assert 0 <= one(families, "stream_age_seconds", cell=instance, stream=stream) < 60
         assert one(families, "exporter_snapshot_ok", cell=instance) == 1
+        # every metric the Grafana dashboard reads is served (errors only once an error was counted)
+        served = {name + ("_total" if f.type == "counter" else "") for name, f in families.items()}
+        dashboard = set(re.findall(r"\bshm_vla_[a-z0-9_]+", DASHBOARD.read_text()))
+        assert dashboard - {"shm_vla_input_errors_total"} <= served, dashboard - served
 
         # ---- a stalled exporter: scrapes time out, the cell does not notice
         os.kill(exporter.pid, signal.SIGSTOP)

@@ -182,3 +182,15 @@ def test_without_the_extra_one_line_and_exit_2():
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == ("shm-vla-stat: --prometheus needs prometheus-client: "
                                      "pip install shm-vla[metrics]")
+
+
+def test_docs_list_every_metric():
+    """docs/STAT.md's table: one row per metric of the catalogue, with its type and labels."""
+    rows = {}
+    for line in (REPO / "docs" / "STAT.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`shm_vla_"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2])
+    expected = {metrics.PREFIX + name: (kind, ", ".join(l for l in labels if l != "cell") or "-")
+                for name, (kind, _, labels) in metrics.CATALOG.items()}
+    assert rows == expected

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-metrics = pytest.importorskip("shm_vla.metrics", reason="pip install shm-vla[metrics]")
+pytest.importorskip("prometheus_client", reason="pip install shm-vla[metrics]")
+from shm_vla import metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "tools" / "grafana" / "shm-vla.json"

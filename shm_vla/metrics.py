@@ -24,6 +24,7 @@ label: they are not cumulative, so they are neither summaries nor histograms.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -307,7 +308,8 @@ class Cells:
         self._known: dict[str, Cell] = {}
         for name in self.names:      # ConfigError propagates: the caller exits 2
             self._known[name] = Cell(name, configmod.check_host(configmod.load(name, config_path, self.overrides)))
-        self.prefix = configmod.load("default", None, self.overrides).shm.prefix
+        # discovery's prefix: the built-in one or --set shm.prefix (not a cell's file)
+        self.prefix = configmod.load("default", os.devnull, self.overrides).shm.prefix
 
     def __call__(self) -> list[Cell]:
         if self.names:

@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine: `make demo` and `make test`.
-# Both create .venv on first use. torch is pinned to the CPU wheel for development
-# and CI; GPU users install their own CUDA build of torch before `pip install -e .[gpu]`.
+# Both create .venv on first use, with the optional extras the tests cover (metrics, rerun).
+# torch is pinned to the CPU wheel for development and CI; GPU users install their own CUDA
+# build of torch before `pip install -e .[gpu]`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +18,7 @@ $(STAMP): setup.cfg setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,metrics,rerun]'
 	touch $(STAMP)
 
 demo: venv

@@ -508,6 +508,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write one PNG with the plots")
     parser.add_argument("--compare", type=Path, metavar="OTHER", help="a second session, side by side")
     parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    parser.add_argument("--rerun", type=Path, metavar="OUT.rrd",
+                        help="write the session as a Rerun recording (docs/RERUN.md; pip install shm-vla[rerun])")
     return parser
 
 
@@ -557,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         _print(json.dumps(report, indent=2) if args.json else render_text(report))
     if args.plot is not None:
         code = max(code, _write_plot(session, report, args.plot, quiet=args.json))
+    if args.rerun is not None:
+        code = max(code, _write_rerun(session, args.rerun, quiet=args.json))
     return code
 
 
@@ -571,6 +575,27 @@ def _write_plot(session: Session, report: dict, out_path: Path, quiet: bool) -> 
         return EXIT_NOTHING_VALID
     if not quiet:
         _print(f"plot written to {out_path}")
+    return EXIT_OK
+
+
+def _write_rerun(session: Session, out_path: Path, quiet: bool) -> int:
+    """The whole session directory (frames, robot, sensor, ticks, results) as a Rerun recording."""
+    try:
+        from shm_vla import rerun_export
+    except ImportError as exc:
+        if exc.name not in ("rerun", "rerun_bindings"):
+            raise
+        _error("--rerun needs rerun-sdk: pip install shm-vla[rerun]; no recording written")
+        return EXIT_NOTHING_VALID
+    try:
+        summary = rerun_export.write_recording(session.timings_file.parent, out_path)
+    except (OSError, ValueError) as exc:
+        _error(f"--rerun: cannot write {out_path}: {exc}")
+        return EXIT_NOTHING_VALID
+    for warning in summary.warnings:
+        _error(f"--rerun: {warning}")
+    if not quiet:
+        _print(f"rerun recording written to {out_path}: {summary.describe()}")
     return EXIT_OK
 
 

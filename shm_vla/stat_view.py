@@ -3,6 +3,8 @@
 A live view of one pipeline instance, like top, built only from shared memory (read-only:
 see stat_model). Ctrl+C exits with code 0. `--once` prints one view and exits; `--json`
 prints the snapshot (schema: docs/STAT.md), once with `--once`, else one line per interval.
+`--prometheus HOST:PORT` serves the same snapshots as Prometheus metrics instead, of every
+`--instance` given (repeatable) or of every instance on the host (metrics.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from . import config as configmod
+from . import logutil
+from .sdnotify import Notifier
 from .stat_model import ProcessSampler, build_snapshot, json_safe
 
 STYLES = {"ok": "green", "warn": "yellow", "bad": "bold red", "none": ""}
@@ -165,11 +169,18 @@ def render(snap: dict):
 
 # --------------------------------------------------------------------------- main
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shm-vla-stat", description=__doc__.splitlines()[0])
+    # "resolve": the --instance below replaces the common one (repeatable here, for --prometheus)
+    p = argparse.ArgumentParser(prog="shm-vla-stat", description=__doc__.splitlines()[0], conflict_handler="resolve")
     configmod.add_arguments(p)
+    p.add_argument("--instance", action="append", metavar="NAME",
+                   help="instance name (default 'default'); with --prometheus repeatable, and without it every "
+                        "instance on this host")
     p.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period in seconds (default 1)")
     p.add_argument("--once", action="store_true", help="print one view (or one JSON snapshot) and exit")
     p.add_argument("--json", action="store_true", help="JSON snapshot (docs/STAT.md) instead of the table")
+    p.add_argument("--prometheus", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics until stopped (docs/STAT.md, "
+                        "needs pip install shm-vla[metrics])")
     return p
 
 
@@ -200,13 +211,68 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _usage_error(args) -> str | None:
+    if not args.interval > 0:
+        return "--interval must be > 0"
+    if args.prometheus is None and len(args.instance or ()) > 1:
+        return "one --instance for the view (several only with --prometheus)"
+    if args.prometheus is not None and (args.once or args.json):
+        return "--prometheus serves until stopped: no --once or --json with it"
+    if args.prometheus is not None and args.config and len(args.instance or ()) != 1:
+        return "--config is one instance's file: give exactly one --instance with it"
+    return None
+
+
+def _prometheus(args) -> int:
+    """Serve /metrics until SIGINT/SIGTERM (KeyboardInterrupt)."""
+    try:
+        from . import metrics
+    except ImportError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        print("shm-vla-stat: --prometheus needs prometheus-client: pip install shm-vla[metrics]", file=sys.stderr)
+        return 2
+    try:
+        listen = metrics.parse_listen(args.prometheus)
+    except ValueError as exc:
+        print(f"shm-vla-stat: {exc}", file=sys.stderr)
+        return 2
+    log = logutil.setup("exporter")
+    try:
+        cells = metrics.Cells(args.instance or [], args.config, args.overrides, log)
+    except configmod.ConfigError as exc:
+        print(f"shm-vla: configuration error: {exc}", file=sys.stderr)
+        return configmod.EXIT_CONFIG_ERROR
+    try:
+        server = metrics.start(listen, cells, log)
+    except OSError as exc:        # address in use or not ours: systemd retries
+        print(f"shm-vla-stat: cannot listen on {args.prometheus}: {exc}", file=sys.stderr)
+        return 1
+    log.info("serving http://%s:%d/metrics: %s", listen[0], server.server_port, cells.describe())
+    notifier = Notifier()
+    notifier.ready(status=f"serving /metrics on port {server.server_port}")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        notifier.stopping()
+        server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.interval > 0:
-        print("shm-vla-stat: --interval must be > 0", file=sys.stderr)
+    error = _usage_error(args)
+    if error:
+        print(f"shm-vla-stat: {error}", file=sys.stderr)
         return 2
-    cfg = configmod.from_args(args)
     signal.signal(signal.SIGTERM, _interrupt)           # stop like Ctrl+C: exit 0, terminal restored
+    if args.prometheus is not None:
+        try:
+            return _prometheus(args)
+        except KeyboardInterrupt:
+            return 0
+    args.instance = (args.instance or ["default"])[0]
+    cfg = configmod.from_args(args)
     console = Console()
     try:
         if args.once:

@@ -175,3 +175,16 @@ def read_snapshot(instance: str, process: str, prefix: str = segmod.DEFAULT_PREF
 def list_processes(instance: str, prefix: str = segmod.DEFAULT_PREFIX) -> list[str]:
     head = f"/{prefix}.{instance}.stats."
     return [name[len(head):] for name in segmod.instance_segments(instance, prefix) if name.startswith(head)]
+
+
+def list_instances(prefix: str = segmod.DEFAULT_PREFIX) -> list[str]:
+    """Instances with at least one stats segment on this host (names cannot hold '.')."""
+    head = f"{prefix}."
+    if not segmod.SHM_DIR.is_dir():
+        return []
+    found = set()
+    for path in segmod.SHM_DIR.iterdir():
+        instance, _, stream = path.name[len(head):].partition(".")
+        if path.name.startswith(head) and instance and stream.startswith("stats."):
+            found.add(instance)
+    return sorted(found)

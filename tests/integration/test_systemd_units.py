@@ -19,8 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+import urllib.request
+
 import pytest
 
+from procs import free_port
 from shm_vla import cli, config
 from shm_vla import pipeline as P
 from shm_vla.shm.segment import EXIT_SHM_FULL
@@ -30,7 +33,8 @@ SYSTEMD = REPO / "systemd"
 INSTALL = SYSTEMD / "install.sh"
 UMBRELLA = "shm-vla@.service"
 PROCESS_UNITS = {stage.unit: " ".join(stage.command) for stage in P.STAGES.values()}  # unit -> its command
-ALL_UNITS = [UMBRELLA, *PROCESS_UNITS, "shm-vla-mps@.service"]
+EXPORTER = "shm-vla-exporter.service"
+ALL_UNITS = [UMBRELLA, *PROCESS_UNITS, "shm-vla-mps@.service", EXPORTER]
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -302,3 +306,63 @@ def test_real_process_speaks_notify_protocol(instance, tmp_path):
     # Sent at >= 0.5 s intervals (interval/2) by the sender's clock; measured here, one late
     # receipt can shorten a gap, hence the margin. Unlimited, the 50 ms loop would ping 10x as often.
     assert min(gaps) >= 0.3 and max(gaps) < 2.0, gaps
+
+
+# --------------------------------------------------------------------------- the exporter
+def _exporter_argv(env: dict[str, str]) -> list[str]:
+    """The exporter unit's ExecStart after systemd's expansion: ${VAR} one word, $VAR split."""
+    unit = parse_unit(SYSTEMD / EXPORTER)
+    defaults = dict(w.split("=", 1) for w in words(unit, "Service", "Environment"))
+    env = {**defaults, **env}
+    argv = []
+    for word in shlex.split(unit["Service"]["ExecStart"][0]):
+        if word.startswith("${"):
+            argv.append(env[word[2:-1]])
+        elif word.startswith("$"):
+            argv += env[word[1:]].split()
+        else:
+            argv.append(word)
+    return argv
+
+
+def test_exporter_unit_is_one_per_host_read_only_and_outside_the_pipelines():
+    unit = parse_unit(SYSTEMD / EXPORTER)
+    service = unit["Service"]
+    assert "@" not in EXPORTER and unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert not {"PartOf", "BindsTo", "Wants", "Requires"} & set(unit["Unit"])   # no pipeline needs it
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert service["User"] == ["shm-vla"] and service["RemoveIPC"] == ["no"]
+    assert service["ReadOnlyPaths"] == ["/dev/shm"] and "PrivateDevices" not in service
+    assert words(unit, "Service", "RestartPreventExitStatus") == [str(config.EXIT_CONFIG_ERROR)]
+    argv = _exporter_argv({})
+    assert argv[:4] == ["/usr/local/bin/shm-vla", "stat", "--prometheus", "0.0.0.0:9500"] and len(argv) == 4
+    argv = _exporter_argv({"SHM_VLA_EXPORTER_ARGS": "--instance flow --instance regression"})
+    assert argv[4:] == ["--instance", "flow", "--instance", "regression"]
+    assert argv[1] in cli.COMMANDS
+
+
+def test_exporter_process_speaks_notify_protocol(instance):
+    """The unit's command as systemd runs it (another port, one cell): READY=1 once it
+    listens, /metrics answers, STOPPING=1 and exit 0 on SIGTERM."""
+    pytest.importorskip("prometheus_client", reason="pip install shm-vla[metrics]")
+    address = f"/tmp/sdn-{uuid.uuid4().hex[:12]}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    port = free_port()
+    argv = _exporter_argv({"SHM_VLA_EXPORTER_LISTEN": f"127.0.0.1:{port}",
+                           "SHM_VLA_EXPORTER_ARGS": f"--instance {instance}"})
+    proc = subprocess.Popen([sys.executable, "-m", "shm_vla.cli", *argv[1:]], env={**os.environ, "NOTIFY_SOCKET": address},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert sock.recv(4096).decode().startswith("READY=1"), proc.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert f'shm_vla_cell_processes{{cell="{instance}"}} 0.0' in response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096).decode() == "STOPPING=1"
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+        os.unlink(address)

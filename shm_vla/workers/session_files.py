@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
-import math
 import os
 import time
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shm_vla.finite import to_jsonable
 from shm_vla.workers.session_state import STATE_FILE, SessionLock, SessionState, read_state
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, MEASURED_FIELDS, SPLIT_FIELDS, VL_DEFAULTS,
@@ -142,21 +142,6 @@ def _limit_access(root: Path, group: str) -> None:
 
 
 # --------------------------------------------------------------------------- JSON helpers
-def to_jsonable(value: Any) -> Any:
-    """numpy values to Python ones and non-finite floats to null, so the output is strict JSON."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
-
-
 def _ordered(record: dict, fields: tuple) -> dict:
     """The known fields first in their documented order, then any extra fields as given."""
     out = {name: record[name] for name in fields if name in record}

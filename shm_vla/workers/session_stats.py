@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from ..finite import finite_or_none
+
 # --------------------------------------------------------------------------- record schema
 # The fields the deployed receiver writes on *every* line of performance_timings, in this
 # order, always numbers (times in ms): the deployed scripts read them from every line.
@@ -69,11 +71,7 @@ OTHER_REASON = "other"
 
 def number(record: dict, key: str) -> float | None:
     """The finite number in record[key], else None (missing, null, text, bool, NaN, inf)."""
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return finite_or_none(record.get(key))
 
 
 def deployed_split(measured: dict, total_ms: float) -> dict:

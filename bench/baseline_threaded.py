@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402,F401  (puts the checkout on sys.path)
 
 from shm_vla import config as configmod  # noqa: E402
+from shm_vla.protocol.robot import ROBOT_DIMS  # noqa: E402
 from shm_vla.sim.base import loopback  # noqa: E402
 
 ACTION_POLL_S = 0.01          # the seed's action-loop poll
@@ -381,7 +382,7 @@ class ActionLoop:
             rows[:, self.force_col] = [item[2] for item in s_items]
             asc = slice(1, None) if self.force_col == 0 else slice(0, -1)
             rows[:, asc] = np.stack([item[3] for item in s_items])
-        robot = np.zeros((self.robot_window, 12), np.float32)
+        robot = np.zeros((self.robot_window, ROBOT_DIMS), np.float32)
         if r_items:
             robot[self.robot_window - len(r_items):] = np.stack([item[2] for item in r_items])
         s_recv = s_items[-1][0] if s_items else None

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Config
+from .protocol.robot import ROBOT_DIMS
 from .shm.ring import Ring, ring_footprint, ring_layout
 from .shm.stats import stats_footprint
 
 N_VIEWS = 5
-ROBOT_DIMS = 12
 DP_DIMS = 6
 
 # Why a tick withheld its command (results.held; 0 = command sent).

@@ -24,7 +24,7 @@ processes runs here in one Python process:
   action?" (relative timing, as the seed does: each tick is due 100 ms after the previous
   one *started*, so the schedule drifts); copies the windows out of the deques under the
   locks into fresh numpy arrays (front-padded with zeros while they fill), runs the head
-  (default: :class:`shm_vla.model.seed_style.SeedStyleTick`, the seed's execution strategy:
+  (default: :class:`SeedStyleTick` of bench/_seed_style.py, the seed's execution strategy:
   fresh tensors per call, fusion recomputed at every flow step; bf16 autocast on CUDA,
   float32 on CPU), sends ``{"cmd": "dpose", "dp": first action's first 6 values}`` on a
   ZeroMQ PUSH to ``command.connect`` (blocking, as the seed; bounded here by a 1 s send
@@ -300,7 +300,7 @@ class SeedHead:
 
     def __init__(self, cfg, loaded):
         import torch
-        from shm_vla.model.seed_style import SeedStyleTick
+        from _seed_style import SeedStyleTick
         self.torch = torch
         device = torch.device(cfg.model.act_device)
         on_cuda = device.type == "cuda"

@@ -63,7 +63,7 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 def test_the_wheel_holds_the_package_and_no_benchmark_code(installed):
     wheel, _ = installed
     names = zipfile.ZipFile(wheel).namelist()
-    assert "shm_vla/cli.py" in names and "shm_vla/finite.py" in names
+    assert "shm_vla/cli.py" in names and "shm_vla/model/runner.py" in names
     assert not [n for n in names if n.startswith("bench/") or "seed_style" in n], names
 
 

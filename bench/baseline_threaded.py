@@ -3,7 +3,7 @@
 
     bench/baseline_threaded.py --instance NAME [--config TOML] [--set K=V ...]
                                [--checkpoint PATH] [--out DIR] [--duration S] [--head seed|runner]
-    shm-vla bench baseline-threaded ...     (the same script, through runpy)
+    shm-vla bench baseline-threaded ...     (the same script, run from a checkout)
 
 Written from the description of the seed's Real_Inference/Async_inference_receiver.py, as
 the comparison point for bench/e2e.py (issue 5 item 7). Everything shm-vla splits into

@@ -10,7 +10,7 @@ windows. The two are interleaved tick by tick so that machine noise hits both al
 
 * ours: :class:`shm_vla.model.TickRunner`: float32 on CPU; on CUDA bf16 weights (BatchNorm
   fp32), condition once per tick, the whole tick in one CUDA graph unless --no-graph.
-* seed-style: :class:`shm_vla.model.seed_style.SeedStyleTick`: bf16 weights with BatchNorm fp32
+* seed-style: :class:`SeedStyleTick` (bench/_seed_style.py): bf16 weights with BatchNorm fp32
   under bf16 autocast, fusion and time MLP recomputed at every ODE step, fresh host-to-device
   copies, ``.cpu()`` per call.
 
@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shm_vla.model import TickRunner, load_checkpoint                   # noqa: E402
 from shm_vla.model.runner import STAGE_TIMINGS                         # noqa: E402
 from shm_vla.model.make_checkpoint import make_checkpoint              # noqa: E402
-from shm_vla.model.seed_style import SeedStyleTick                     # noqa: E402
+from _seed_style import SeedStyleTick                                  # noqa: E402
 
 ITERS = {"tiny": 300, "seed-size": 40}
 QUICK_ITERS = {"tiny": 40, "seed-size": 4}

@@ -3,7 +3,7 @@
 
     bench/baseline_threaded.py --instance NAME [--config TOML] [--set K=V ...]
                                [--checkpoint PATH] [--out DIR] [--duration S] [--head seed|runner]
-    shm-vla bench baseline-threaded ...     (the same script, through runpy)
+    shm-vla bench baseline-threaded ...     (the same script, run from a checkout)
 
 Written from the description of the seed's Real_Inference/Async_inference_receiver.py, as
 the comparison point for bench/e2e.py (issue 5 item 7). Everything shm-vla splits into
@@ -24,7 +24,7 @@ processes runs here in one Python process:
   action?" (relative timing, as the seed does: each tick is due 100 ms after the previous
   one *started*, so the schedule drifts); copies the windows out of the deques under the
   locks into fresh numpy arrays (front-padded with zeros while they fill), runs the head
-  (default: :class:`shm_vla.model.seed_style.SeedStyleTick`, the seed's execution strategy:
+  (default: :class:`SeedStyleTick` of bench/_seed_style.py, the seed's execution strategy:
   fresh tensors per call, fusion recomputed at every flow step; bf16 autocast on CUDA,
   float32 on CPU), sends ``{"cmd": "dpose", "dp": first action's first 6 values}`` on a
   ZeroMQ PUSH to ``command.connect`` (blocking, as the seed; bounded here by a 1 s send
@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402,F401  (puts the checkout on sys.path)
 
 from shm_vla import config as configmod  # noqa: E402
+from shm_vla.protocol.robot import ROBOT_DIMS  # noqa: E402
 from shm_vla.sim.base import loopback  # noqa: E402
 
 ACTION_POLL_S = 0.01          # the seed's action-loop poll
@@ -299,7 +300,7 @@ class SeedHead:
 
     def __init__(self, cfg, loaded):
         import torch
-        from shm_vla.model.seed_style import SeedStyleTick
+        from _seed_style import SeedStyleTick
         self.torch = torch
         device = torch.device(cfg.model.act_device)
         on_cuda = device.type == "cuda"
@@ -381,7 +382,7 @@ class ActionLoop:
             rows[:, self.force_col] = [item[2] for item in s_items]
             asc = slice(1, None) if self.force_col == 0 else slice(0, -1)
             rows[:, asc] = np.stack([item[3] for item in s_items])
-        robot = np.zeros((self.robot_window, 12), np.float32)
+        robot = np.zeros((self.robot_window, ROBOT_DIMS), np.float32)
         if r_items:
             robot[self.robot_window - len(r_items):] = np.stack([item[2] for item in r_items])
         s_recv = s_items[-1][0] if s_items else None

@@ -2,7 +2,7 @@
 """End-to-end benchmark (issue 5 item 7): shm-vla against a seed-style threaded receiver.
 
     bench/e2e.py [--duration S] [--quick] [--json] [--model flow|regression] [--warmup S]
-    shm-vla bench e2e ...            (the same script, through runpy)
+    shm-vla bench e2e ...            (the same script, run from a checkout)
 
 In one run, sequentially, with the same simulators (``shm-vla sim all``: 5 cameras at 5 Hz,
 robot at 100 Hz, sensor at 650 records/s, the command sink), the same loopback ports, the

@@ -3,7 +3,7 @@
 
     bench/ingest.py [--duration S] [--quick] [--json] [--rates R,R,...] [--step-duration S]
                     [--records-per-datagram N]
-    shm-vla bench ingest ...            (the same script, through runpy)
+    shm-vla bench ingest ...            (the same script, run from a checkout)
 
 Part 1, nominal rates: ``shm-vla ingest camera|robot|sensor`` against ``shm-vla sim
 camera|robot|sensor`` (5 cameras at 5 Hz, robot at 100 Hz, sensor at 650 records/s) on

@@ -3,7 +3,7 @@
 
     bench/ipc.py [--quick] [--json] [--duration S] [--transports ring,zmq,mpqueue,iceoryx2]
                  [--payloads 68,4120,691200,3456000] [--no-tick]
-    shm-vla bench ipc ...            (the same script, through runpy)
+    shm-vla bench ipc ...            (the same script, run from a checkout)
 
 Part 1, one-way latency: for every payload and transport, a fresh writer process sends at
 the payload's nominal rate on an absolute schedule and a fresh event-driven reader process

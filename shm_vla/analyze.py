@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shm_vla.finite import finite_or_none
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, STAGE_FIELDS,
     VL_EXTRA_FIELDS, VlUpdateFilter, is_action_record, is_held, number, stage_ms,
@@ -297,9 +298,9 @@ def _outliers(session: Session, threshold_ms: float | None) -> dict | None:
     start_s = _start_s(session)
     return {"threshold_ms": threshold_ms, "count": int(over.size), "worst": [
         {"action_id": _int_or_none(session.columns["action_id"][i]),
-         "t_s": _float_or_none(session.columns["timestamp"][i] - start_s),
+         "t_s": finite_or_none(session.columns["timestamp"][i] - start_s),
          "total_ms": float(total[i]),
-         "action_prediction_ms": _float_or_none(session.columns["action_prediction"][i])}
+         "action_prediction_ms": finite_or_none(session.columns["action_prediction"][i])}
         for i in worst]}
 
 
@@ -309,12 +310,9 @@ def _start_s(session: Session) -> float:
     return float(stamps.min()) if stamps.size else 0.0
 
 
-def _float_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
 def _int_or_none(value: float) -> int | None:
-    return int(value) if math.isfinite(value) else None
+    value = finite_or_none(value)
+    return None if value is None else int(value)
 
 
 def _duration_and_rate(session: Session) -> tuple[float | None, float | None]:

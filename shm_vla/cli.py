@@ -2,13 +2,21 @@
 
 Each command lives in its own module with a ``main(argv) -> int`` that owns its argparse;
 modules are imported lazily so that `shm-vla shm ls` never imports torch.
+
+`shm-vla bench NAME` is the exception: the benchmarks are scripts of a checkout (bench/,
+beside the package), not part of the installed package. Where the package runs from a
+checkout (an editable install, or `python -m shm_vla.cli` inside one) it runs
+bench/NAME.py in place of this process; an installed wheel has no bench/, and says to run
+them from a checkout.
 """
 from __future__ import annotations
 
 import importlib
-import runpy
+import os
 import sys
 from pathlib import Path
+
+BENCHMARKS = ("action-head", "baseline-threaded", "e2e", "faults", "ingest", "ipc", "vl", "vl-ops")  # bench/*.py
 
 COMMANDS = {
     "shm": ("shm_vla.shm.cli", "shared-memory segments: ls, clean"),
@@ -23,10 +31,13 @@ COMMANDS = {
     "stat": ("shm_vla.stat_view", "live counters (same as shm-vla-stat)"),
     "analyze": ("shm_vla.analyze", "postmortem of a session directory or timings file"),
     "recover": ("shm_vla.workers.recover_cli", "finalise sessions cut off by a crash"),
-    "bench": (None, "benchmarks from bench/: ipc | ingest | action-head | vl | vl-ops | e2e | faults"),
+    "bench": (None, "benchmarks, from a checkout: " + " | ".join(BENCHMARKS)),
 }
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_MARKER = "_common.py"      # what tells a checkout's bench/ from any folder of that name
+FROM_A_CHECKOUT = ("the benchmarks are not part of the installed package; run them from a checkout of shm-vla: "
+                   "python bench/NAME.py [args], NAME one of " + ", ".join(n.replace("-", "_") for n in BENCHMARKS))
 
 
 def _usage() -> str:
@@ -36,21 +47,24 @@ def _usage() -> str:
 
 
 def _bench(argv: list[str]) -> int:
-    """Benchmarks live in the checkout's bench/ folder as plain scripts."""
-    if not argv or argv[0] in ("-h", "--help"):
-        names = sorted(p.stem.replace("_", "-") for p in BENCH_DIR.glob("[!_]*.py")) if BENCH_DIR.is_dir() else []
-        print("usage: shm-vla bench <name> [args]\nbenchmarks: " + ", ".join(names))
+    """Run bench/NAME.py of the checkout this package runs from, as `python bench/NAME.py` would."""
+    wants_help = not argv or argv[0] in ("-h", "--help")
+    if not (BENCH_DIR / BENCH_MARKER).is_file():       # an installed package: no checkout beside it
+        if wants_help:
+            print(f"usage: shm-vla bench <name> [args]   (from a checkout only)\n{FROM_A_CHECKOUT}")
+            return 0 if argv else 2
+        print(f"shm-vla bench: {FROM_A_CHECKOUT}", file=sys.stderr)
+        return 2
+    scripts = {p.stem.replace("_", "-"): p for p in sorted(BENCH_DIR.glob("[!_]*.py"))}
+    if wants_help:
+        print("usage: shm-vla bench <name> [args]\nbenchmarks: " + ", ".join(scripts))
         return 0 if argv else 2
-    script = BENCH_DIR / (argv[0].replace("-", "_") + ".py")
-    if not script.is_file():
+    script = scripts.get(argv[0].replace("_", "-"))
+    if script is None:
         print(f"shm-vla bench: no benchmark {argv[0]!r} in {BENCH_DIR}", file=sys.stderr)
         return 2
-    sys.argv = [str(script)] + argv[1:]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    return 0
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, str(script), *argv[1:]])    # exit code and signals: the script's
 
 
 def main(argv: list[str] | None = None) -> int:

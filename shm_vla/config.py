@@ -6,7 +6,8 @@ Resolution order (later wins):
   3. ``--set section.key=value`` overrides from the command line (values parsed as TOML).
 
 Every key is checked: an unknown key or a value of the wrong type is a ConfigError,
-which the CLI prints as one line and exits with code 2. Beyond types: no float is NaN or
+which the CLI prints as one line and exits with code 2 (a key removed in this version is
+still accepted, with a warning, for one version: REMOVED_KEYS). Beyond types: no float is NaN or
 infinite, every address parses, every allowlist entry is an IPv4 address or network, and
 every safety key (SAFETY_CEILINGS) is positive and within its hard ceiling. `from_args`
 also checks what depends on this machine (the groups named exist), so a process with a
@@ -45,7 +46,6 @@ class ShmConfig:
     group: str = ""            # if set, segments are 0660 and chowned to this group
     prefix: str = "shm-vla"    # segment names: /<prefix>.<instance>.<stream>
     results_depth: int = 600   # action results kept (60 s at 10 Hz)
-    stats_max_processes: int = 16
 
 
 @dataclass
@@ -73,7 +73,6 @@ class RobotConfig:
     topic: str = "robot_state"
     rate_hz: float = 100.0
     ring_depth: int = 1024             # 10 s at 100 Hz
-    dims: int = 12                     # 6 joints then 6 pose values
 
 
 @dataclass
@@ -125,7 +124,6 @@ class VlConfig:
     view_policy: str = "same_trigger"  # "same_trigger", "newest" or "max_skew" (workers/vl.py)
     max_skew_ms: float = 100.0
     reject_over_skew: bool = False
-    poll_timeout_ms: float = 200.0
 
 
 @dataclass
@@ -192,6 +190,22 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+# Keys removed (issue 12) because nothing read them. A file that still sets one keeps working
+# for this version: the key is ignored with a warning on stderr (the journal under systemd).
+# The next version drops this table, and such a key is then an unknown key (exit 2).
+REMOVED_KEYS = {
+    "robot.dims": "a robot record is always 12 values, 6 joints then 6 pose values (the wire "
+                  "format: protocol/robot.py)",
+    "vl.poll_timeout_ms": "the VL process waits on its rings in slices of 50 ms (workers/vl.py)",
+    "shm.stats_max_processes": "every process has its own stats segment, with no limit on their number",
+}
+
+
+def _warn_removed(where: str) -> None:
+    print(f"shm-vla: warning: config key {where} is no longer used and is ignored ({REMOVED_KEYS[where]}); "
+          f"remove it from the configuration: a later version refuses it", file=sys.stderr)
+
+
 _CHOICES = {
     ("sensor", "force_position"): ("first", "last"),
     ("sensor", "nonfinite_policy"): ("drop", "keep"),
@@ -260,6 +274,9 @@ def _apply(obj: Any, table: dict, path: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in table.items():
         where = f"{path}{key}"
+        if where in REMOVED_KEYS:
+            _warn_removed(where)
+            continue
         if key not in fields:
             raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(fields))})")
         current = getattr(obj, key)

@@ -9,12 +9,12 @@ thresholds in config (``stat.warn_periods``, ``stat.stale_periods`` and the stre
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
 from .config import Config
+from .finite import finite_or_none
 from .shm import segment as segmod
 from .shm import stats as statsmod
 from .shm.ring import Ring
@@ -202,10 +202,7 @@ def gpu_memory(cfg: Config) -> dict | None:
 # --------------------------------------------------------------------------- snapshot
 def _num(values: dict, name: str):
     """A stats value, None when absent or a gauge never set (NaN)."""
-    v = values.get(name)
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return None
-    return v
+    return finite_or_none(values.get(name))
 
 
 def _with_prefix(values: dict, prefix: str) -> dict:
@@ -348,14 +345,3 @@ def build_snapshot(cfg: Config, sampler: ProcessSampler | None = None, with_gpu:
         "record": _record(procs, th),
         "gpu": gpu_memory(cfg) if with_gpu else None,
     }
-
-
-def json_safe(obj):
-    """Non-finite floats (never-set gauges) become None: JSON has no NaN."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

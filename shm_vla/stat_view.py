@@ -22,8 +22,9 @@ from rich.text import Text
 
 from . import config as configmod
 from . import logutil
+from .finite import to_jsonable
 from .sdnotify import Notifier
-from .stat_model import ProcessSampler, build_snapshot, json_safe
+from .stat_model import ProcessSampler, build_snapshot
 
 STYLES = {"ok": "green", "warn": "yellow", "bad": "bold red", "none": ""}
 ONCE_CPU_WINDOW_S = 0.25    # --once measures CPU% over this long
@@ -190,7 +191,7 @@ def _once(cfg, as_json: bool, console: Console) -> None:
     time.sleep(ONCE_CPU_WINDOW_S)
     snap = build_snapshot(cfg, sampler)
     if as_json:
-        print(json.dumps(json_safe(snap), indent=1), flush=True)
+        print(json.dumps(to_jsonable(snap), indent=1), flush=True)
     else:
         console.print(render(snap))
 
@@ -199,7 +200,7 @@ def _live(cfg, interval: float, as_json: bool, console: Console) -> None:
     sampler = ProcessSampler()
     if as_json:
         while True:
-            print(json.dumps(json_safe(build_snapshot(cfg, sampler))), flush=True)
+            print(json.dumps(to_jsonable(build_snapshot(cfg, sampler))), flush=True)
             time.sleep(interval)
     with Live(render(build_snapshot(cfg, sampler)), console=console, auto_refresh=False) as live:
         while True:

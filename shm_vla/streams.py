@@ -26,12 +26,13 @@ import numpy as np
 from . import pipeline as P
 from . import tick
 from .config import Config
+from .protocol.robot import ROBOT_DIMS
 from .shm.ring import Ring, ring_footprint, ring_layout
 from .shm.stats import stats_footprint
 
 N_VIEWS = P.N_VIEWS
 # the tick record is declared in tick.py; these are re-exported for their many readers
-HOLD_REASONS, DP_DIMS, ROBOT_DIMS, results_dtype = tick.HOLD_REASONS, tick.DP_DIMS, tick.ROBOT_DIMS, tick.results_dtype
+HOLD_REASONS, DP_DIMS, results_dtype = tick.HOLD_REASONS, tick.DP_DIMS, tick.results_dtype
 
 
 def view_stream(i: int) -> str:

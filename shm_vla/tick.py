@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .protocol.robot import ROBOT_DIMS     # a robot state: 6 joints, then 6 pose values
+
 CHUNK = "chunk"              # shape placeholder: (horizon, action_dim) of the checkpoint
 DP_DIMS = 6                  # the command: dx, dy, dz (mm), da, db, dr (deg)
-ROBOT_DIMS = 12              # a robot state: 6 joints, then 6 pose values
 
 # Why a tick withheld its command (the ring's `held`: an index; 0 = command sent). Append
 # only: the index is what the ring stores.

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..protocol.robot import ROBOT_DIMS
 from .errors import CheckpointError
 from .layers import (BatchNorm1d, ConvBlock, DecoderLayer, EncoderLayer, LayerStack, NUM_HEADS,
                      projection, timestep_embedding)
 
 HEAD_PREFIXES = ("sensor_encoder.", "robot_state_encoder.", "action_expert.")
-ROBOT_INPUT_DIM = 12
+ROBOT_INPUT_DIM = ROBOT_DIMS    # the robot encoder takes whole robot records (6 joints, 6 pose values)
 SOLVERS = ("euler", "rk4")
 
 

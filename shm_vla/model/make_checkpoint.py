@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .heads import Heads, HeadSizes
+from .heads import ROBOT_INPUT_DIM, Heads, HeadSizes
 from .layers import BatchNorm1d
 
 PRESETS = {
@@ -50,7 +50,7 @@ def preset_sizes(preset: str, model_type: str, sensor_encoder: str = "default") 
         model_type=model_type, sensor_encoder_variant=sensor_encoder, vl_dim=v, sensor_channels=SENSOR_CHANNELS,
         sensor_hidden=hs, sensor_out=so_total, sensor_dist_out=sd if force else None,
         force_mlp=FORCE_MLP if force else None, force_hidden=FORCE_HIDDEN if force else None, sensor_conv_layers=4,
-        sensor_transformer_layers=2, robot_window=tr, robot_width=r, robot_input_dim=12, robot_layers=3,
+        sensor_transformer_layers=2, robot_window=tr, robot_width=r, robot_input_dim=ROBOT_INPUT_DIM, robot_layers=3,
         hidden_dim=d, action_dim=ACTION_DIM, expert_layers=4,
         time_embed_dim=256 if model_type == "flow_matching" else None,
         regression_horizon=HORIZON if model_type == "regression" else None, fusion_width=v + 2 * so_total)

@@ -16,7 +16,7 @@ from .errors import ProtocolError
 ROBOT_TOPIC = b"robot_state"
 ROBOT_PAYLOAD = struct.Struct("<ddf12f")
 ROBOT_PAYLOAD_BYTES = ROBOT_PAYLOAD.size  # 68
-ROBOT_DIMS = 12
+ROBOT_DIMS = 12       # the values of a record the model sees (6 joints, 6 pose): the robot ring's width
 ROBOT_STATE_DTYPE = np.dtype([("timestamp", "<f8"), ("send_timestamp", "<f8"), ("force", "<f4"),
                               ("joints", "<f4", (6,)), ("pose", "<f4", (6,))])
 assert ROBOT_STATE_DTYPE.itemsize == ROBOT_PAYLOAD_BYTES

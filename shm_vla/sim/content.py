@@ -21,6 +21,8 @@ import functools
 import numpy as np
 import simplejpeg
 
+from ..protocol.robot import ROBOT_DIMS
+
 _PIECE_BITS = 12
 _PIECE = 1 << _PIECE_BITS
 _MASK = _PIECE - 1
@@ -74,9 +76,6 @@ def sensor_counter(record_or_sample, force_position: str = "first") -> int:
 
 
 # --------------------------------------------------------------------------- robot
-ROBOT_VALUES = 12
-
-
 def robot_values(counter: int) -> np.ndarray:
     """The 12 model floats (6 joints then 6 pose) of robot sample ``counter``."""
     return _robot_values(np.array([counter], dtype=np.int64))[0]
@@ -85,7 +84,7 @@ def robot_values(counter: int) -> np.ndarray:
 def _robot_values(counters: np.ndarray) -> np.ndarray:
     if (counters < 0).any() or (counters >= COUNTER_LIMIT).any():
         raise ValueError(f"robot counters must be in [0, {COUNTER_LIMIT})")
-    index = np.arange(ROBOT_VALUES, dtype=np.int64)
+    index = np.arange(ROBOT_DIMS, dtype=np.int64)
     values = ((3 * counters[:, None] + 17 * index[None, :]) & _MASK).astype(np.float32)
     for piece in range(3):
         values[:, piece] = (counters >> (_PIECE_BITS * piece)) & _MASK
@@ -94,7 +93,7 @@ def _robot_values(counters: np.ndarray) -> np.ndarray:
 
 def robot_counters(values: np.ndarray) -> np.ndarray:
     """Counters of N x 12 robot values; ContentError unless every value is intact."""
-    values = np.asarray(values, dtype=np.float32).reshape(-1, ROBOT_VALUES)
+    values = np.asarray(values, dtype=np.float32).reshape(-1, ROBOT_DIMS)
     pieces = np.rint(values[:, :3].astype(np.float64) * 16).astype(np.int64)
     counters = pieces[:, 0] | (pieces[:, 1] << _PIECE_BITS) | (pieces[:, 2] << (2 * _PIECE_BITS))
     if not np.array_equal(values, _robot_values(counters)):

@@ -25,6 +25,7 @@ from .. import tick
 from ..gate import Gate, InputAges
 from ..process import Runtime, attach_when_ready, run_process
 from ..protocol import command as command_proto
+from ..protocol.robot import ROBOT_DIMS
 from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import DP_DIMS, HOLD_REASONS, Streams
@@ -282,7 +283,7 @@ def run(rt: Runtime) -> int:
     cfg = rt.cfg
     streams = Streams(cfg)
     loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
-                             sensor_channels=cfg.sensor_channels)
+                             sensor_channels=cfg.sensor_channels, robot_dims=ROBOT_DIMS)
     info = loaded.info
     runner = make_runner(cfg, loaded)
     runner.run()                                   # warm-up (and graph capture on CUDA)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import config as configmod
 from .. import pipeline as P
+from ..finite import finite_or_none as _num    # a ring value (NaN: not measured) for the files
 from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
@@ -33,11 +34,6 @@ WAIT_S = 0.1
 # real; on every other held tick no model ran and its stage times are not recorded.
 MODEL_RAN_HOLDS = frozenset({"nonfinite_output"})
 SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)
-
-
-def _num(v) -> float | None:
-    v = float(v)
-    return v if np.isfinite(v) else None
 
 
 class RingCursor:

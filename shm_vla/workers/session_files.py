@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
-import math
 import os
 import time
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shm_vla.finite import to_jsonable
 from shm_vla.workers.session_state import STATE_FILE, SessionLock, SessionState, read_state
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, MEASURED_FIELDS, SPLIT_FIELDS, VL_DEFAULTS,
@@ -53,7 +53,7 @@ SESSION_DIR_MODE = 0o750
 
 
 class SessionClosedError(ValueError):
-    """A write on a SessionWriter that was closed (e.g. by a shutdown signal)."""
+    """A write on a SessionWriter that was closed."""
 
 
 # --------------------------------------------------------------------------- paths
@@ -142,21 +142,6 @@ def _limit_access(root: Path, group: str) -> None:
 
 
 # --------------------------------------------------------------------------- JSON helpers
-def to_jsonable(value: Any) -> Any:
-    """numpy values to Python ones and non-finite floats to null, so the output is strict JSON."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
-
-
 def _ordered(record: dict, fields: tuple) -> dict:
     """The known fields first in their documented order, then any extra fields as given."""
     out = {name: record[name] for name in fields if name in record}
@@ -424,8 +409,9 @@ def _check_deployed(line: dict) -> None:
 class SessionWriter:
     """Writes one session directory; see the module docstring and docs/SESSION_FILES.md.
 
-    One thread writes. close() may also be called from a signal handler: if the signal
-    interrupted a write, the close is deferred to the end of that write (bounded).
+    One thread writes and closes. No signal handler closes it: a shutdown signal only ends
+    the recorder's loop (process.py), which then drains the rings and closes the writer
+    in order; a process killed instead leaves a checkpoint to resume from.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, stamp: str | None = None, save_data: bool = False,
@@ -481,9 +467,6 @@ class SessionWriter:
         self.summary = SessionSummary()
         self.frames_written = 0
         self._summary_dict: dict | None = None
-        self._depth = 0
-        self._closing = False
-        self._close_pending = False
         self.closed = False
         self._timings = _LineFile(self.paths.timings, flush_every)
         self._held = _LineFile(self.paths.held, flush_every)
@@ -505,18 +488,9 @@ class SessionWriter:
         return self.paths.stamp
 
     # ---- guarded writes
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        if self.closed or self._closing:
+    def _require_open(self) -> None:
+        if self.closed:
             raise SessionClosedError(f"session {self.paths.root.name} is closed")
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._close_pending:
-                self._close_pending = False
-                self.close()
 
     def _require_data(self, what: str) -> None:
         if not self.save_data:
@@ -557,17 +531,17 @@ class SessionWriter:
 
     def _write_line(self, stream: "_LineFile", record: dict, fields: tuple, add) -> None:
         clean = to_jsonable(_ordered(record, fields))
-        with self._writing():
-            stream.write_line(json.dumps(clean, allow_nan=False))
-            add(clean)
+        self._require_open()
+        stream.write_line(json.dumps(clean, allow_nan=False))
+        add(clean)
 
     def write_result(self, record: dict) -> None:
         """{timestamp, actions, delta, inference_time (s, as deployed), vl_update_number,
         robot_state: {joints, pose, timestamp}}, then any extras."""
         text = json.dumps(to_jsonable(record), allow_nan=False)
-        with self._writing():
-            self._results.write_line(text)
-            self.summary.note_result()
+        self._require_open()
+        self._results.write_line(text)
+        self.summary.note_result()
 
     def write_frame(self, view: str, camera: str, timestamp: float, jpeg: bytes) -> Path:
         """The received JPEG bytes, unchanged, as <view>/<camera>_<timestamp:.3f>.jpg."""
@@ -577,11 +551,11 @@ class SessionWriter:
         if not camera or "/" in camera or camera.startswith("."):
             raise ValueError(f"invalid camera name {camera!r}")
         path = self.paths.root / view / f"{camera}_{timestamp:.3f}.jpg"
-        with self._writing():
-            tmp = path.with_name(path.name + TMP_SUFFIX)
-            tmp.write_bytes(bytes(jpeg))   # a crash leaves a .tmp, never a truncated .jpg
-            os.replace(tmp, path)
-            self.frames_written += 1
+        self._require_open()
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        tmp.write_bytes(bytes(jpeg))   # a crash leaves a .tmp, never a truncated .jpg
+        os.replace(tmp, path)
+        self.frames_written += 1
         return path
 
     def write_robot_rows(self, rows: Any) -> None:
@@ -592,9 +566,9 @@ class SessionWriter:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != len(ROBOT_CSV_HEADER):
             raise ValueError(f"robot rows must be N x {len(ROBOT_CSV_HEADER)}, got shape {array.shape}")
-        with self._writing():
-            for row in array.tolist():
-                self._robot.write_line(",".join(map(repr, row)))
+        self._require_open()
+        for row in array.tolist():
+            self._robot.write_line(",".join(map(repr, row)))
 
     def write_sensor_records(self, timestamps: Any, send_timestamps: Any, forces: Any, alines: Any) -> None:
         """N sensor records: timestamps (N,), send_timestamps (N,), forces (N,), alines (N, L)."""
@@ -603,8 +577,8 @@ class SessionWriter:
                   "forces": np.asarray(forces), "alines": np.asarray(alines)}
         if arrays["alines"].ndim != 2:
             raise ValueError(f"alines must be N x L, got shape {arrays['alines'].shape}")
-        with self._writing():
-            self._sensor.append(arrays)
+        self._require_open()
+        self._sensor.append(arrays)
 
     def note_lost(self, n: int) -> None:
         """Records the recorder lost (overwritten in the results ring before it read them)."""
@@ -613,9 +587,9 @@ class SessionWriter:
         self.summary.note_lost(n)
 
     def flush(self) -> None:
-        with self._writing():
-            for stream in self._streams():
-                stream.flush()
+        self._require_open()
+        for stream in self._streams():
+            stream.flush()
 
     def _streams(self) -> list:
         return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor) if s is not None]
@@ -625,11 +599,11 @@ class SessionWriter:
         """Flush every file, then save the cursors with the file sizes that go with them."""
         if self._state is None:
             raise ValueError("checkpoint() needs a writer made with state=")
-        with self._writing():
-            for stream in self._streams():
-                stream.flush()
-            self._state.cursors = {name: int(n) for name, n in cursors.items()}
-            self._save_state("recording")
+        self._require_open()
+        for stream in self._streams():
+            stream.flush()
+        self._state.cursors = {name: int(n) for name, n in cursors.items()}
+        self._save_state("recording")
 
     def _save_state(self, phase: str, durable: bool = False) -> None:
         """Replace the checkpoint; the files must be flushed (sizes are read from disk)."""
@@ -646,17 +620,14 @@ class SessionWriter:
 
     # ---- shutdown
     def close(self, cursors: dict | None = None) -> dict | None:
-        """Flush and finalise every file; idempotent. Returns the summary (None if deferred).
+        """Flush and finalise every file; idempotent. Returns the summary.
 
         cursors: the recorder's final cursors, saved before finalising starts (phase
         "closing"), so that a run that goes on starts its next session right after these.
         """
-        if self.closed or self._closing:
+        if self.closed:
             return self._summary_dict
-        if self._depth > 0:   # a signal handler interrupted one of our writes: finish it first
-            self._close_pending = True
-            return None
-        self._closing = True
+        self.closed = True       # from here on, a write is refused
         try:
             for stream in self._streams():
                 stream.close()
@@ -672,8 +643,6 @@ class SessionWriter:
             if self._state is not None:
                 self._save_state("closed", durable=True)
         finally:
-            self.closed = True
-            self._closing = False
             self._lock.release()
         return self._summary_dict
 

@@ -16,6 +16,7 @@ import math
 from typing import Any, Iterable
 
 from .. import tick
+from ..finite import finite_or_none
 
 # --------------------------------------------------------------------------- record schema
 # The fields the deployed receiver writes on *every* line of performance_timings, in this
@@ -64,11 +65,7 @@ OTHER_REASON = "other"
 
 def number(record: dict, key: str) -> float | None:
     """The finite number in record[key], else None (missing, null, text, bool, NaN, inf)."""
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    return finite_or_none(record.get(key))
 
 
 def deployed_split(measured: dict, total_ms: float) -> dict:

@@ -74,6 +74,22 @@ def test_act_without_a_checkpoint_says_how_to_make_one(tmp_path, instance):
     assert "no checkpoint configured" in proc.stderr and "shm-vla make-checkpoint" in proc.stderr
 
 
+def test_act_refuses_a_checkpoint_for_another_robot_record_width(tmp_path, instance):
+    """A robot record is 12 values (protocol/robot.py): act stops at start-up, one line and exit 2,
+    on a checkpoint whose robot encoder takes 14; it used to start, then crash on its first full
+    window of inputs (a traceback, restarted forever)."""
+    import dataclasses
+    import torch
+    from shm_vla.model.make_checkpoint import deployed_state_dict, preset_sizes, random_heads
+    sizes = dataclasses.replace(preset_sizes("tiny", "flow"), robot_input_dim=14)
+    checkpoint = tmp_path / "robot14.pt"
+    torch.save({"model_state_dict": deployed_state_dict(random_heads(sizes))}, checkpoint)
+    cfg_path, _ = write_config(tmp_path / "cfg.toml", f'[model]\ncheckpoint = "{checkpoint}"\n')
+    proc = _cli(["act", "--instance", instance, "--config", str(cfg_path)], timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "robot values per row 14" in proc.stderr and "says 12" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 

@@ -61,6 +61,35 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "act.bogus" in proc.stderr
 
 
+# --------------------------------------------------------------------------- removed keys (issue 12, item 5)
+def test_a_removed_key_is_ignored_with_a_warning_for_one_version(tmp_path, capsys):
+    """robot.dims, vl.poll_timeout_ms and shm.stats_max_processes were validated but never read:
+    a file that still sets them loads, each key named once in a warning, its value unused."""
+    path = tmp_path / "old.toml"
+    path.write_text("[robot]\ndims = 12\nring_depth = 512\n[vl]\npoll_timeout_ms = 200.0\n"
+                    "[shm]\nstats_max_processes = 16\n")
+    cfg = config.load("x", path, ["robot.dims=14"])
+    assert cfg.robot.ring_depth == 512
+    assert not any(hasattr(section, key) for section, key in ((cfg.robot, "dims"), (cfg.vl, "poll_timeout_ms"),
+                                                              (cfg.shm, "stats_max_processes")))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all("no longer used and is ignored" in line for line in lines)
+    assert [key for key in config.REMOVED_KEYS if any(f"config key {key} " in line for line in lines)] \
+        == list(config.REMOVED_KEYS)
+
+
+def test_removed_keys_are_no_live_keys():
+    """A key in REMOVED_KEYS is skipped before it is looked up: it must not also be a live key."""
+    live = {f"{section}.{key}" for section, values in config.to_dict(config.Config()).items()
+            if isinstance(values, dict) for key in values}
+    assert set(config.REMOVED_KEYS) and not set(config.REMOVED_KEYS) & live
+
+
+def test_a_typo_near_a_removed_key_is_still_unknown(tmp_path):
+    with pytest.raises(config.ConfigError, match="unknown config key 'robot.dim'"):
+        config.load("x", None, ["robot.dim=12"])
+
+
 # --------------------------------------------------------------------------- safety keys (issue 10, item 2)
 SAFETY_KEYS = ["act.clamp_mm", "act.clamp_deg", "act.max_sensor_age_ms", "act.max_robot_age_ms",
                "act.max_vl_age_ms", "act.tick_hz"]

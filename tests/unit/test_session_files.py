@@ -234,21 +234,6 @@ def test_context_manager_closes_on_exception(tmp_path):
     assert writer.closed and writer.paths.summary.exists()
 
 
-def test_close_from_signal_during_a_write_is_deferred(tmp_path):
-    writer = SessionWriter(tmp_path, stamp=STAMP)
-    real_write_line = writer._timings.write_line
-
-    def interrupted(text):   # what a signal handler calling close() mid-write looks like
-        assert writer.close() is None
-        real_write_line(text)
-
-    writer._timings.write_line = interrupted
-    writer.write_timing(action_record(0))
-    assert writer.closed
-    assert len(read_lines(writer.paths.timings)) == 1
-    assert json.loads(writer.paths.summary.read_text())["total_actions"] == 1
-
-
 def test_crash_without_close_then_recover(tmp_path):
     alines = np.ones((4, 1025), dtype=np.float32)
     writer = SessionWriter(tmp_path, stamp=STAMP, save_data=True, flush_every=1)

@@ -1,4 +1,5 @@
-"""A faithful re-enactment of the seed receiver's action tick, for benchmarks and comparisons.
+"""A faithful re-enactment of the seed receiver's action tick: the baseline of the benchmarks
+(bench/action_head.py, bench/baseline_threaded.py), not part of the installed package.
 
 What the seed did per 100 ms tick (Real_Inference/Async_inference_receiver.py at 715ce6e, as
 described in SEED_CHECKPOINT_FORMAT.md and issue 3): bf16 weights with BatchNorm in float32,
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .heads import Heads
+from shm_vla.model.heads import Heads
 
 
 class SeedStyleTick:

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import config as configmod
 from .. import pipeline as P
+from .. import tick
 from ..finite import finite_or_none as _num    # a ring value (NaN: not measured) for the files
 from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import META_DTYPE, Ring
@@ -33,7 +34,36 @@ WAIT_S = 0.1
 # The hold reasons act finds after the model ran (act._infer): such a tick's stage times are
 # real; on every other held tick no model ran and its stage times are not recorded.
 MODEL_RAN_HOLDS = frozenset({"nonfinite_output"})
+# The ring fields of the per-stage times (tick.py: the deployed fields with a measured extra).
+STAGE_TIME_FIELDS = frozenset(f.ring for f in tick.TICK_FIELDS if f.line in tick.MEASURED_FIELDS)
 SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)
+
+
+def tick_line(r, held: str) -> dict:
+    """The tick line of a results record, field by field as tick.py declares them.
+
+    Each ring field is written once, under its first line name (the session writer adds
+    each stage's own measurement to an action line). Stage times are None where a stage
+    was not timed on its own (NaN in the ring) or where no model ran (a tick held before
+    inference); the hold reason is named; a tick line's vl_update_time is 0 (only VL
+    update lines report it, as deployed)."""
+    ran = not held or held in MODEL_RAN_HOLDS
+    line, written = {}, set()
+    for f in tick.TICK_FIELDS:
+        if f.line is None or (f.ring is not None and f.ring in written):
+            continue
+        written.add(f.ring)
+        if f.ring is None:
+            line[f.line] = 0.0
+        elif f.ring == "held":
+            line[f.line] = held or None
+        elif f.ring in STAGE_TIME_FIELDS and not ran:
+            line[f.line] = None
+        elif np.dtype(f.dtype).kind in "iu":
+            line[f.line] = int(r[f.ring])
+        else:
+            line[f.line] = _num(r[f.ring])
+    return line
 
 
 class RingCursor:
@@ -102,24 +132,8 @@ class Recorder:
     # ---- record conversion
     def _action(self, r, meta) -> None:
         held = HOLD_REASONS[int(r["held"])]
-        ran = not held or held in MODEL_RAN_HOLDS
         total_ms = _num(r["total_ms"])
-        timing = {
-            "timestamp": float(r["timestamp"]), "action_id": int(r["action_id"]),
-            "vl_update_number": int(r["vl_update_number"]), "vl_update_time": 0.0,
-            # measured stage times, None where not timed on its own (NaN in the ring) or not run
-            "sensor_encoding_time": _num(r["sensor_encoding_ms"]) if ran else None,
-            "robot_encoding_time": _num(r["robot_encoding_ms"]) if ran else None,
-            "action_prediction_time": _num(r["action_prediction_ms"]) if ran else None,
-            "total_time": total_ms,
-            "sensor_buffer_size": int(r["sensor_buffer_size"]), "robot_buffer_size": int(r["robot_buffer_size"]),
-            "tick_lateness_ms": _num(r["tick_lateness_ms"]), "sensor_age_ms": _num(r["sensor_age_ms"]),
-            "robot_age_ms": _num(r["robot_age_ms"]), "vl_age_ms": _num(r["vl_age_ms"]),
-            "frame_age_ms": _num(r["frame_age_ms"]), "view_skew_ms": _num(r["view_skew_ms"]),
-            "held": held or None,
-            "sensor_recv_age_ms": _num(r["sensor_recv_age_ms"]), "sensor_window_age_ms": _num(r["sensor_window_age_ms"]),
-            "robot_recv_age_ms": _num(r["robot_recv_age_ms"]), "robot_window_age_ms": _num(r["robot_window_age_ms"]),
-        }
+        timing = tick_line(r, held)
         self.writer.write_timing(timing)   # a held tick goes to held_ticks_<stamp>.jsonl
         if held:
             return   # no command: nothing for inference_results

@@ -168,23 +168,23 @@ class CameraIngest:
         """Decoder thread: decode into the ring slot, publish frame and JPEG bytes."""
         ring, decoder = self.view_rings[view], self.decoders[view]
         resized_before = decoder.resized
-        slot = ring.begin()
+        label = frame.camera.encode()[:LABEL_BYTES]
         try:
-            decoder.decode_into(frame.jpeg, slot)
+            # any exception aborts the slot; a bad JPEG (ProtocolError) is counted below
+            with ring.loan(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                           recv_wall_ns=frame.recv_wall_ns, aux=frame.wall_offset_s, label=label,
+                           capture_mono_ns=frame.capture_mono_ns) as slot:
+                decoder.decode_into(frame.jpeg, slot)
         except ProtocolError as exc:
-            ring.abort()
             self._error(exc.kind, f"{exc} from {frame.camera[:32]}")
             return
         if decoder.resized != resized_before:
             self.resized.inc()
-        label = frame.camera.encode()[:LABEL_BYTES]
-        ring.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
-                    aux=frame.wall_offset_s, label=label, capture_mono_ns=frame.capture_mono_ns)
-        jpeg = self.jpeg_rings[view]
         nbytes = len(frame.jpeg)
-        np.copyto(jpeg.begin()[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
-        jpeg.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
-                    aux=float(nbytes), label=label, capture_mono_ns=frame.capture_mono_ns)
+        with self.jpeg_rings[view].loan(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                                        recv_wall_ns=frame.recv_wall_ns, aux=float(nbytes), label=label,
+                                        capture_mono_ns=frame.capture_mono_ns) as slot:
+            np.copyto(slot[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
         self.view_frames[view].inc()
         with self.lock:
             self.meter.stored(1, frame.capture_ts, frame.latency_s)

@@ -155,8 +155,16 @@ class Ring:
 
     @classmethod
     def attach(cls, instance: str, stream: str, dtype=None, shape: tuple | None = None, *,
-               prefix: str = segmod.DEFAULT_PREFIX) -> "Ring":
+               prefix: str = segmod.DEFAULT_PREFIX, extras: dict | None = None, fields: tuple = ()) -> "Ring":
+        """Map a ring read-only, refusing one this reader cannot use.
+
+        dtype, shape: the record's (LayoutMismatch if they differ). extras: values the writer
+        recorded at creation that must equal this reader's (e.g. {"channel_order": "RGB"});
+        fields: fields the record must have, for a reader that does not know its whole dtype
+        (IncompatibleStream for either). A refused ring is closed before the error is raised.
+        """
         seg = segmod.Segment.attach(segmod.segment_name(instance, stream, prefix))   # read-only
+        ring = None
         try:
             layout = seg.layout()
             if layout.get("kind") != "ring":
@@ -169,10 +177,24 @@ class Ring:
                 raise segmod.LayoutMismatch(f"{seg.name}: record dtype {ring.dtype}, expected {np.dtype(dtype)}")
             if shape is not None and tuple(shape) != ring.shape:
                 raise segmod.LayoutMismatch(f"{seg.name}: record shape {ring.shape}, expected {tuple(shape)}")
-        except BaseException:
-            seg.close()
+            ring._check_use(extras or {}, fields)
+        except BaseException as exc:
+            if ring is not None:
+                ring._drop_views()               # so that the map can go at once
+            seg.refuse(exc)
             raise
         return ring
+
+    def _check_use(self, extras: dict, fields: tuple) -> None:
+        written = self.layout.get("extras", {})
+        for key, want in extras.items():
+            if written.get(key) != want:
+                raise segmod.IncompatibleStream(f"{self.name}: written with {key} {written.get(key)!r}, "
+                                                f"this process's configuration says {want!r}")
+        missing = [f for f in fields if f not in (self.dtype.names or ())]
+        if missing:
+            raise segmod.IncompatibleStream(f"{self.name}: its records have no field {', '.join(missing)}: "
+                                            "not the ring this process reads")
 
     def _repair(self) -> None:
         """After a writer died: make every sequence even and invalidate a torn record."""
@@ -182,11 +204,12 @@ class Ring:
             self.seqs[i] = self.seqs[i] + 1
         self.futex.post()
 
-    def close(self) -> None:
-        # drop our views before unmapping
-        for attr in ("_head", "seqs", "meta", "payload"):
+    def _drop_views(self) -> None:
+        for attr in ("_head", "seqs", "meta", "payload", "futex"):
             setattr(self, attr, None)
-        self.futex = None
+
+    def close(self) -> None:
+        self._drop_views()      # before unmapping: a live view keeps the map
         self.seg.close()
 
     def unlink(self) -> None:

@@ -13,7 +13,7 @@ over wall time in the measured interval), and the ratios ring/zmq and ring/iceor
 "ring-view" is the ring's validated in-place view (no payload copy), run for large payloads.
 
 Part 2, tick-time costs (one process, no concurrency): ring writer cost per record for each
-payload; a consistent window of the newest 65 sensor records; the newest 5-view set
+payload (write(), and the empty begin+commit and `with ring.loan()` around it); a consistent window of the newest 65 sensor records; the newest 5-view set
 (5 x latest() copy-out into a preallocated buffer, and 5 x validated peek for comparison).
 
 Benchmarks report; they assert nothing. Exit code 0 unless a case failed to run.
@@ -236,7 +236,7 @@ def run_tick_costs(args, run_id, log):
         ring = Ring.create(run_id, f"tw{nbytes}", np.uint8, (nbytes,), T.ring_depth(nbytes))
         try:
             src = np.random.default_rng(2).integers(0, 256, nbytes, dtype=np.uint8)
-            w, bc = [], []
+            w, bc, ln = [], [], []
             for i in range(n + 10):
                 t0 = clock()
                 ring.write(src)
@@ -244,10 +244,15 @@ def run_tick_costs(args, run_id, log):
                 ring.begin()
                 ring.commit()
                 t2 = clock()
+                with ring.loan():          # the same, through the context manager writers use
+                    pass
+                t3 = clock()
                 if i >= 10:
                     w.append(t1 - t0)
                     bc.append(t2 - t1)
-            res["writer"].append({"payload_bytes": nbytes, "write": _pct_us(w), "begin_commit": _pct_us(bc)})
+                    ln.append(t3 - t2)
+            res["writer"].append({"payload_bytes": nbytes, "write": _pct_us(w), "begin_commit": _pct_us(bc),
+                                  "loan": _pct_us(ln)})
         finally:
             ring.unlink()
             ring.close()
@@ -360,7 +365,8 @@ def print_report(doc, file=sys.stdout):
         p("\ntick-time costs (one process)")
         for w in tick["writer"]:
             p(f"  ring writer  {w['payload_bytes']:>9} B: write() p50 {w['write']['p50_us']:.1f} us "
-              f"p99 {w['write']['p99_us']:.1f} us; begin+commit only p50 {w['begin_commit']['p50_us']:.1f} us")
+              f"p99 {w['write']['p99_us']:.1f} us; begin+commit only p50 {w['begin_commit']['p50_us']:.1f} us, "
+              f"as a loan p50 {w['loan']['p50_us']:.1f} us")
         wd = tick["window"]
         p(f"  window({wd['records']}) of {wd['payload_bytes']} B records ({wd['bytes']} B): "
           f"p50 {wd['p50_us']:.1f} us  p99 {wd['p99_us']:.1f} us")

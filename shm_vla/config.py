@@ -45,6 +45,7 @@ class ConfigError(ValueError):
 class ShmConfig:
     group: str = ""            # if set, segments are 0660 and chowned to this group
     prefix: str = "shm-vla"    # segment names: /<prefix>.<instance>.<stream>
+    attach_timeout_s: float = 120.0   # a reader waits this long for a ring it can use (process.attach_when_ready)
     results_depth: int = 600   # action results kept (60 s at 10 Hz)
 
 
@@ -219,7 +220,7 @@ _CHOICES = {
 _POSITIVE = {
     "rate_hz", "tick_hz", "ring_depth", "window", "width", "height", "ascan_len",
     "results_depth", "flow_steps", "flow_horizon", "vl_reuse", "rcvbuf_bytes",
-    "clamp_mm", "clamp_deg", "flush_every", "hang_timeout_s", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
+    "clamp_mm", "clamp_deg", "flush_every", "hang_timeout_s", "attach_timeout_s", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
 }
 
 

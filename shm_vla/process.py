@@ -142,7 +142,7 @@ def _run_process(prog, process, argv, body, extra, config_errors) -> int:
         return EXIT_SHM_FULL if isinstance(exc, ShmFull) else 1
     try:
         return body(rt, args)
-    except config_errors as exc:
+    except (configmod.ConfigError, *config_errors) as exc:
         rt.log.error("configuration error: %s", exc)
         return configmod.EXIT_CONFIG_ERROR
     except ShmFull as exc:
@@ -155,24 +155,40 @@ def _run_process(prog, process, argv, body, extra, config_errors) -> int:
         rt.close()
 
 
-def attach_when_ready(rt: Runtime, attach, what: str, timeout_s: float = 120.0, poll_s: float = 0.1):
-    """Attach to a segment that another process creates, waiting for it (bounded).
+def attach_when_ready(rt: Runtime, attach, what: str, timeout_s: float | None = None, poll_s: float = 0.1):
+    """Attach to a segment that another process creates, waiting for it (bounded by
+    shm.attach_timeout_s). Returns None if the process was asked to stop.
 
-    Start order across processes is not guaranteed (systemd starts units in parallel),
-    so readers wait for writers. Returns None if the process was asked to stop.
+    Start order across processes is not guaranteed (systemd starts units in parallel), so
+    readers wait for writers. They also wait out a ring they cannot use (LayoutMismatch: another
+    record layout; IncompatibleStream: another configuration, e.g. camera.channel_order):
+    its writer may be one that a restart is replacing (after an upgrade or a configuration
+    change), or a dead one whose stale segment the next writer replaces. At the bound, a
+    *live* writer still refused is a configuration conflict that restarting this process
+    cannot heal: a ConfigError (one line, exit 2, not restarted). Anything else (no segment,
+    a dead writer's) is a ShmError (exit 1, restarted).
     """
-    from .shm.segment import SegmentMissing, ShmError
+    from .shm.segment import LayoutMismatch, ShmError
+    timeout_s = rt.cfg.shm.attach_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
-    logged = False
+    logged = None
     while rt.running:
         try:
             return attach()
-        except (SegmentMissing, ShmError) as exc:
+        except ShmError as exc:
             if time.monotonic() > deadline:
+                if isinstance(exc, LayoutMismatch) and exc.writer_pid is not None:
+                    raise configmod.ConfigError(
+                        f"{what}: {exc}; its writer (pid {exc.writer_pid}) still disagrees after {timeout_s:g} s "
+                        "(shm.attach_timeout_s): run both with one configuration and one shm-vla version") from None
                 raise ShmError(f"gave up waiting for {what} after {timeout_s:.0f} s: {exc}") from None
-            if not logged:
-                rt.log.info("waiting for %s (%s)", what, exc)
-                logged = True
+            if type(exc) is not logged:          # once per kind of wait: missing, refused, ...
+                if isinstance(exc, LayoutMismatch):
+                    rt.log.warning("waiting up to %g s for a writer of %s that this process can use: %s",
+                                   timeout_s, what, exc)
+                else:
+                    rt.log.info("waiting for %s (%s)", what, exc)
+                logged = type(exc)
         rt.housekeeping()
         time.sleep(poll_s)
     return None

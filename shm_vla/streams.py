@@ -83,8 +83,10 @@ class Streams:
         return Ring.create(self.instance, spec.stream, spec.dtype, spec.shape, spec.depth, prefix=self.prefix,
                            group=self.group, extras=spec.extras)
 
-    def _attach(self, stream, dtype, shape) -> Ring:
-        return Ring.attach(self.instance, stream, dtype, shape, prefix=self.prefix)
+    def _attach(self, stream, dtype, shape, extras: dict | None = None) -> Ring:
+        """A refused ring (another layout: LayoutMismatch; another configuration:
+        IncompatibleStream) is closed before the error is raised."""
+        return Ring.attach(self.instance, stream, dtype, shape, prefix=self.prefix, extras=extras)
 
     def ring_specs(self, vl_dim: int, horizon: int, action_dim: int) -> list[RingSpec]:
         """Every ring of the instance, as its writer creates it (the create_* methods below)."""
@@ -110,12 +112,8 @@ class Streams:
         return self._create(self.view_spec(i))
 
     def attach_view(self, i: int) -> Ring:
-        ring = self._attach(view_stream(i), np.uint8, self.frame_shape())
-        order = ring.layout.get("extras", {}).get("channel_order")
-        if order != self.cfg.camera.channel_order:
-            raise ValueError(f"{ring.name}: frames are {order}, config camera.channel_order is "
-                             f"{self.cfg.camera.channel_order}")
-        return ring
+        return self._attach(view_stream(i), np.uint8, self.frame_shape(),
+                            {"channel_order": self.cfg.camera.channel_order})
 
     def jpeg_spec(self, i: int) -> RingSpec:
         return RingSpec(jpeg_stream(i), np.uint8, (self.cfg.camera.jpeg_max_bytes,), self.cfg.camera.ring_depth)
@@ -144,12 +142,8 @@ class Streams:
         return self._create(self.sensor_spec())
 
     def attach_sensor(self) -> Ring:
-        ring = self._attach(P.SENSOR, np.float32, (self.cfg.sensor_channels,))
-        order = ring.layout.get("extras", {}).get("force_position")
-        if order != self.cfg.sensor.force_position:
-            raise ValueError(f"{ring.name}: force is {order} in the ring, config sensor.force_position is "
-                             f"{self.cfg.sensor.force_position}")
-        return ring
+        return self._attach(P.SENSOR, np.float32, (self.cfg.sensor_channels,),
+                            {"force_position": self.cfg.sensor.force_position})
 
     # model outputs
     def vl_spec(self, vl_dim: int) -> RingSpec:
@@ -169,7 +163,4 @@ class Streams:
 
     def attach_results(self) -> Ring:
         """The recorder does not know H and A: take them from the segment, checking the kind."""
-        ring = Ring.attach(self.instance, P.RESULTS, prefix=self.prefix)
-        if ring.dtype.names is None or "actions" not in ring.dtype.names:
-            raise ValueError(f"{ring.name}: not a results ring")
-        return ring
+        return Ring.attach(self.instance, P.RESULTS, prefix=self.prefix, fields=("actions",))

@@ -29,7 +29,8 @@ DP_DIMS = 6                  # the command: dx, dy, dz (mm), da, db, dr (deg)
 HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", "no_sensor", "no_robot",
                 "nonfinite_output", "nonfinite_input", "read_error",
                 "unsynced_sensor", "unsynced_robot", "unsynced_camera",       # no clock offset yet (gate.py)
-                "stale_sensor_window", "stale_robot_window", "stale_frames")  # by capture time (gate.py)
+                "stale_sensor_window", "stale_robot_window", "stale_frames",  # by capture time (gate.py)
+                "tick_error")           # the tick raised: published, then the process exits (act.py)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,12 @@ class CameraIngest:
         self.superseded = rt.stats.counter("superseded_frames")
         self.resized = rt.stats.counter("resized_frames")
         self.view_frames = [rt.stats.counter(f"frames.view{i + 1}") for i in range(N_VIEWS)]
-        self.lock = threading.Lock()       # guards the meter and error counters across threads
+        # Counter.inc is a read-modify-write: a counter has one owner thread, or every update
+        # of it holds this lock. Owned by the receive thread: sender_restarts, ignored,
+        # superseded and the clocks; by a view's decoder thread: frames.view<n>. Under the lock:
+        # the meter (decoders store, the main loop publishes the rate), resized_frames (every
+        # decoder) and the error counters (decoders, receive thread, ZAP handler).
+        self.lock = threading.Lock()
         n_workers = max(1, min(cam.decode_workers, N_VIEWS))
         self.workers = [DecodeWorker(self, [v for v in range(N_VIEWS) if v % n_workers == w])
                         for w in range(n_workers)]
@@ -168,26 +173,27 @@ class CameraIngest:
         """Decoder thread: decode into the ring slot, publish frame and JPEG bytes."""
         ring, decoder = self.view_rings[view], self.decoders[view]
         resized_before = decoder.resized
-        slot = ring.begin()
+        label = frame.camera.encode()[:LABEL_BYTES]
         try:
-            decoder.decode_into(frame.jpeg, slot)
+            # any exception aborts the slot; a bad JPEG (ProtocolError) is counted below
+            with ring.loan(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                           recv_wall_ns=frame.recv_wall_ns, aux=frame.wall_offset_s, label=label,
+                           capture_mono_ns=frame.capture_mono_ns) as slot:
+                decoder.decode_into(frame.jpeg, slot)
         except ProtocolError as exc:
-            ring.abort()
             self._error(exc.kind, f"{exc} from {frame.camera[:32]}")
             return
-        if decoder.resized != resized_before:
-            self.resized.inc()
-        label = frame.camera.encode()[:LABEL_BYTES]
-        ring.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
-                    aux=frame.wall_offset_s, label=label, capture_mono_ns=frame.capture_mono_ns)
-        jpeg = self.jpeg_rings[view]
+        resized = decoder.resized != resized_before
         nbytes = len(frame.jpeg)
-        np.copyto(jpeg.begin()[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
-        jpeg.commit(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns, recv_wall_ns=frame.recv_wall_ns,
-                    aux=float(nbytes), label=label, capture_mono_ns=frame.capture_mono_ns)
+        with self.jpeg_rings[view].loan(src_ts=frame.capture_ts, recv_mono_ns=frame.recv_mono_ns,
+                                        recv_wall_ns=frame.recv_wall_ns, aux=float(nbytes), label=label,
+                                        capture_mono_ns=frame.capture_mono_ns) as slot:
+            np.copyto(slot[:nbytes], np.frombuffer(frame.jpeg, np.uint8))
         self.view_frames[view].inc()
         with self.lock:
             self.meter.stored(1, frame.capture_ts, frame.latency_s)
+            if resized:
+                self.resized.inc()
 
 
 def open_socket(ctx: zmq.Context, address: str, rcvhwm: int, authenticate: bool = False) -> zmq.Socket:

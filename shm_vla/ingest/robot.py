@@ -57,10 +57,9 @@ class RobotIngest:
             self.meter.stale_backlog.inc()
             self.rt.rlog.warning("stale_backlog", "robot states older than %.0f ms by capture time (a backlog): "
                                  "stored, never used for a command", self.stale_after_ns / 1e6)
-        slot = self.ring.begin()
-        proto.model_values(rec, slot)
-        self.ring.commit(src_ts=src, send_ts=send, recv_mono_ns=recv_mono_ns, recv_wall_ns=recv_wall_ns,
-                         aux=float(rec["force"]), capture_mono_ns=capture)
+        with self.ring.loan(src_ts=src, send_ts=send, recv_mono_ns=recv_mono_ns, recv_wall_ns=recv_wall_ns,
+                            aux=float(rec["force"]), capture_mono_ns=capture) as slot:
+            proto.model_values(rec, slot)
         self.meter.stored(1, src, self.clock.latency_s(recv_s, send))
         return True
 

@@ -13,6 +13,12 @@ expected: a record torn by a concurrent write, or overwritten since, fails the c
 the read is retried. Readers never write to shared memory and never block the writer:
 they map the segment read-only (the futex wait needs only read access).
 Readers touch at most depth - 1 records, so they never wait on the slot being written.
+
+Writers fill a slot through a loan: ``with ring.loan(src_ts=...) as slot: <fill slot>``
+commits it on leaving the block and aborts it on any exception (a KeyboardInterrupt too), so
+no error path can leave a slot open. The metadata is given up front, which every writer
+knows before it fills the slot; the loan object is the ring's own, reused, so a loan
+allocates nothing. begin/commit/abort are the protocol underneath.
 """
 from __future__ import annotations
 
@@ -124,9 +130,9 @@ class Ring:
         self._meta_scratch = np.empty(self.depth, META_DTYPE)
         self._expect = np.arange(self.depth, dtype=np.int64)
         self._check = np.empty(self.depth, np.int64)
-        # writer scratch
-        self._meta_one = np.zeros((), META_DTYPE)
+        # writer state: the slot being written (-1: none) and the one reusable loan
         self._writing = -1
+        self._loan = Loan(self)
         self.retries = 0   # reader-side: reads retried because of a concurrent write
 
     # ------------------------------------------------------------------ construction
@@ -149,8 +155,16 @@ class Ring:
 
     @classmethod
     def attach(cls, instance: str, stream: str, dtype=None, shape: tuple | None = None, *,
-               prefix: str = segmod.DEFAULT_PREFIX) -> "Ring":
+               prefix: str = segmod.DEFAULT_PREFIX, extras: dict | None = None, fields: tuple = ()) -> "Ring":
+        """Map a ring read-only, refusing one this reader cannot use.
+
+        dtype, shape: the record's (LayoutMismatch if they differ). extras: values the writer
+        recorded at creation that must equal this reader's (e.g. {"channel_order": "RGB"});
+        fields: fields the record must have, for a reader that does not know its whole dtype
+        (IncompatibleStream for either). A refused ring is closed before the error is raised.
+        """
         seg = segmod.Segment.attach(segmod.segment_name(instance, stream, prefix))   # read-only
+        ring = None
         try:
             layout = seg.layout()
             if layout.get("kind") != "ring":
@@ -163,10 +177,24 @@ class Ring:
                 raise segmod.LayoutMismatch(f"{seg.name}: record dtype {ring.dtype}, expected {np.dtype(dtype)}")
             if shape is not None and tuple(shape) != ring.shape:
                 raise segmod.LayoutMismatch(f"{seg.name}: record shape {ring.shape}, expected {tuple(shape)}")
-        except BaseException:
-            seg.close()
+            ring._check_use(extras or {}, fields)
+        except BaseException as exc:
+            if ring is not None:
+                ring._drop_views()               # so that the map can go at once
+            seg.refuse(exc)
             raise
         return ring
+
+    def _check_use(self, extras: dict, fields: tuple) -> None:
+        written = self.layout.get("extras", {})
+        for key, want in extras.items():
+            if written.get(key) != want:
+                raise segmod.IncompatibleStream(f"{self.name}: written with {key} {written.get(key)!r}, "
+                                                f"this process's configuration says {want!r}")
+        missing = [f for f in fields if f not in (self.dtype.names or ())]
+        if missing:
+            raise segmod.IncompatibleStream(f"{self.name}: its records have no field {', '.join(missing)}: "
+                                            "not the ring this process reads")
 
     def _repair(self) -> None:
         """After a writer died: make every sequence even and invalidate a torn record."""
@@ -176,11 +204,12 @@ class Ring:
             self.seqs[i] = self.seqs[i] + 1
         self.futex.post()
 
-    def close(self) -> None:
-        # drop our views before unmapping
-        for attr in ("_head", "seqs", "meta", "payload"):
+    def _drop_views(self) -> None:
+        for attr in ("_head", "seqs", "meta", "payload", "futex"):
             setattr(self, attr, None)
-        self.futex = None
+
+    def close(self) -> None:
+        self._drop_views()      # before unmapping: a live view keeps the map
         self.seg.close()
 
     def unlink(self) -> None:
@@ -192,8 +221,28 @@ class Ring:
         """Number of records published so far (= the next record number)."""
         return int(self._head[0])
 
+    def loan(self, src_ts: float = 0.0, send_ts: float = 0.0, recv_mono_ns: int | None = None,
+             recv_wall_ns: int | None = None, aux: float = 0.0, label: bytes = b"",
+             capture_mono_ns: int = CAPTURE_UNKNOWN_NS) -> "Loan":
+        """The next slot, on loan: ``with ring.loan(**meta) as slot:`` fill `slot` in place.
+
+        Leaving the block commits the slot with this metadata (see commit(): recv_mono_ns and
+        recv_wall_ns default to the time of the commit); an exception aborts it. The record
+        number is `loan.record` afterwards.
+        """
+        loan = self._loan
+        if self._writing >= 0:
+            raise RuntimeError(f"{self.name}: a slot is already open (nested loan, or begin() without commit)")
+        loan.src_ts, loan.send_ts, loan.recv_mono_ns, loan.recv_wall_ns = src_ts, send_ts, recv_mono_ns, recv_wall_ns
+        loan.aux, loan.label, loan.capture_mono_ns = aux, label, capture_mono_ns
+        return loan
+
     def begin(self) -> np.ndarray:
-        """Open the next slot for writing; returns its payload view to fill in place."""
+        """Open the next slot for writing; returns its payload view to fill in place.
+
+        Prefer loan(), which cannot leave the slot open on an error path."""
+        if self._writing >= 0:
+            raise RuntimeError(f"{self.name}: a slot is already open (begin() twice without commit or abort)")
         slot = int(self._head[0]) % self.depth
         self.seqs[slot] += 1                       # odd: being written
         fence()
@@ -205,6 +254,8 @@ class Ring:
                capture_mono_ns: int = CAPTURE_UNKNOWN_NS) -> int:
         """Publish the slot opened by begin(); returns its record number."""
         slot = self._writing
+        if slot < 0:
+            raise RuntimeError(f"{self.name}: commit() without begin()")
         record = int(self._head[0])
         # one structured store for the whole meta record (field by field costs 7 numpy calls)
         self.meta[slot] = (record, src_ts, send_ts,
@@ -225,14 +276,18 @@ class Ring:
         it was outside every reader's reach (older than depth - 1) anyway.
         """
         slot = self._writing
+        if slot < 0:
+            raise RuntimeError(f"{self.name}: abort() without begin()")
         self.meta["record"][slot] = -1
         fence()
         self.seqs[slot] = self.seqs[slot] + 1
         self._writing = -1
 
     def write(self, payload, **meta) -> int:
-        np.copyto(self.begin(), payload, casting="same_kind")
-        return self.commit(**meta)
+        """Copy `payload` into the next slot and publish it; returns its record number."""
+        with self.loan(**meta) as slot:
+            np.copyto(slot, payload, casting="same_kind")
+        return self._loan.record
 
     # ------------------------------------------------------------------ readers
     def wait(self, after_record: int, timeout_s: float) -> bool:
@@ -378,6 +433,33 @@ class Ring:
             return None
         recv = int(self.meta["recv_mono_ns"][(head - 1) % self.depth])
         return (time.monotonic_ns() if now_ns is None else now_ns) - recv
+
+
+class Loan:
+    """A ring's slot on loan to its writer (Ring.loan); one per ring, reused for every record."""
+    __slots__ = ("_ring", "src_ts", "send_ts", "recv_mono_ns", "recv_wall_ns", "aux", "label",
+                 "capture_mono_ns", "record")
+
+    def __init__(self, ring: Ring):
+        self._ring = ring
+        self.record = -1      # the record number of the last committed loan
+
+    def __enter__(self) -> np.ndarray:
+        return self._ring.begin()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        ring = self._ring
+        if exc_type is not None:
+            ring.abort()
+            return False
+        try:
+            self.record = ring.commit(self.src_ts, self.send_ts, self.recv_mono_ns, self.recv_wall_ns, self.aux,
+                                      self.label, self.capture_mono_ns)
+        except BaseException:
+            if ring._writing >= 0:     # the commit failed before publishing (e.g. a bad meta value)
+                ring.abort()
+            raise
+        return False
 
 
 class PeekedRecord:

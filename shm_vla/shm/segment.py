@@ -87,7 +87,17 @@ class SegmentMissing(ShmError):
 
 
 class LayoutMismatch(ShmError):
-    pass
+    """A segment is not what this reader expects (record type or shape, metadata layout,
+    layout version). `writer_pid`: the segment's writer if it was alive when it was refused,
+    else None; a live writer that stays incompatible is a configuration conflict
+    (process.attach_when_ready)."""
+    writer_pid: int | None = None
+
+
+class IncompatibleStream(LayoutMismatch):
+    """A ring of the expected record type, written for another configuration: a value its
+    writer recorded at creation differs from this reader's (camera.channel_order,
+    sensor.force_position), or the record lacks a field the reader needs."""
 
 
 class WriterBusy(ShmError):
@@ -255,8 +265,8 @@ class Segment:
             if int(seg.header["total_bytes"]) > size:
                 raise ShmError(f"{name} is {size} bytes, shorter than its header says "
                                f"({int(seg.header['total_bytes'])}); refusing it")
-        except BaseException:
-            seg.close()
+        except BaseException as exc:
+            seg.refuse(exc)
             raise
         return seg
 
@@ -292,6 +302,13 @@ class Segment:
 
     def writer_alive(self) -> bool:
         return self.writer or writer_alive(self.fd)
+
+    def refuse(self, exc: BaseException) -> None:
+        """A reader gives the segment up because of `exc`: note a live writer on a
+        LayoutMismatch (see there), then close."""
+        if isinstance(exc, LayoutMismatch):
+            exc.writer_pid = self.writer_pid if self.writer_alive() else None
+        self.close()
 
     def data(self, offset: int = 0, nbytes: int | None = None) -> memoryview:
         start = HEADER_BYTES + offset

@@ -48,6 +48,8 @@ def stats_footprint(max_entries: int = DEFAULT_MAX_ENTRIES) -> int:
 
 
 class Counter:
+    """`inc` is a read-modify-write, not atomic: a counter has one owner thread, or every
+    update holds a lock (the camera ingest's decoder threads, ingest/camera.py)."""
     __slots__ = ("_values", "_i")
 
     def __init__(self, values: np.ndarray, i: int):

@@ -186,17 +186,16 @@ class VlWorker:
             self.rt.error("nonfinite_feature", "the backbone produced NaN/Inf: not published")
             return
         fs.used_records[:] = fs.meta["record"]
-        slot = self.vl_ring.begin()
-        slot["feature"] = feature
-        slot["update"] = self.vl_ring.head + 1     # monotonic across restarts of this process
-        slot["encode_ms"] = encode_ms
-        slot["capture_ts"] = fs.meta["src_ts"]
-        slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["aux"]   # aux: the camera clock offset
-        slot["capture_mono_ns"] = fs.meta["capture_mono_ns"]
-        slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
-        slot["frame_record"] = fs.meta["record"]
-        slot["skew_ms"] = fs.skew_ms
-        self.vl_ring.commit(src_ts=float(fs.meta["src_ts"].min()))
+        with self.vl_ring.loan(src_ts=float(fs.meta["src_ts"].min())) as slot:
+            slot["feature"] = feature
+            slot["update"] = self.vl_ring.head + 1     # monotonic across restarts of this process
+            slot["encode_ms"] = encode_ms
+            slot["capture_ts"] = fs.meta["src_ts"]
+            slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["aux"]   # aux: the camera clock offset
+            slot["capture_mono_ns"] = fs.meta["capture_mono_ns"]
+            slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
+            slot["frame_record"] = fs.meta["record"]
+            slot["skew_ms"] = fs.skew_ms
         self.updates.inc()
         self.encode_ms.set(encode_ms)
         self.encode_roll.add(encode_ms)

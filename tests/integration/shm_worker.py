@@ -33,12 +33,11 @@ def writer(instance, nbytes, depth, seconds, die_mid_write=False):
     end = time.monotonic() + seconds
     counter = start
     while time.monotonic() < end:
-        view = ring.begin()
-        if die_mid_write and counter - start == 20:
-            view[8: nbytes // 2] = 7          # half a record, then a hard death
-            os.kill(os.getpid(), signal.SIGKILL)
-        fill(view, counter)
-        ring.commit(src_ts=float(counter))
+        with ring.loan(src_ts=float(counter)) as view:
+            if die_mid_write and counter - start == 20:
+                view[8: nbytes // 2] = 7          # half a record, then a hard death
+                os.kill(os.getpid(), signal.SIGKILL)
+            fill(view, counter)
         counter += 1
     print(json.dumps({"written": counter - start, "head": ring.head}), flush=True)
 

@@ -51,12 +51,11 @@ def _feed(rings, vl_value=0.1, n_sensor=70, n_robot=20, captured_ago_ms=1.0, sen
         rings["sensor"].write(np.full(1026, 0.01, np.float32), capture_mono_ns=capture)
     for _ in range(n_robot):
         rings["robot"].write(np.full(12, 1.0, np.float32), capture_mono_ns=captured)
-    slot = rings["vl"].begin()
-    slot["feature"] = vl_value
-    slot["update"] = rings["vl"].head + 1
-    slot["frame_recv_mono_ns"] = now
-    slot["capture_mono_ns"] = captured
-    rings["vl"].commit()
+    with rings["vl"].loan() as slot:
+        slot["feature"] = vl_value
+        slot["update"] = rings["vl"].head + 1
+        slot["frame_recv_mono_ns"] = now
+        slot["capture_mono_ns"] = captured
 
 
 def _last_result(results):
@@ -105,6 +104,41 @@ def test_robot_window_is_front_padded_while_the_ring_fills(rig):
     worker.tick(time.monotonic_ns(), 0.0)
     robot_in = worker.runner.robot_in
     assert (robot_in[:-7] == 0).all() and (robot_in[-7:] == 1).all()
+
+
+def _raise(exc):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+@pytest.mark.parametrize("where", ["read", "inference", "send"])
+def test_a_tick_that_raises_is_still_published_and_leaves_no_slot_open(rig, monkeypatch, where):
+    """Issue 12 item 4: an error anywhere in the tick, not only a shared-memory read error,
+    propagates (the process exits and is restarted), but the tick is published first, held as
+    tick_error, and no results slot is left open; the next tick is an ordinary one."""
+    worker, rings, results, sink, cfg = rig
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    assert _recv(sink)["cmd"] == "start" and _recv(sink)["cmd"] == "dpose"
+    first = _last_result(results)["action_id"]
+    target = {"read": (worker.inputs, "read"), "inference": (worker.runner, "run"),
+              "send": (worker.commander, "send")}[where]
+    monkeypatch.setattr(*target, _raise(RuntimeError(f"{where} failed")))
+    _feed(rings)
+    with pytest.raises(RuntimeError, match=f"{where} failed"):
+        worker.tick(time.monotonic_ns(), 0.0)
+    assert results.head == 2 and not (results.seqs & 1).any()
+    r = _last_result(results)
+    assert HOLD_REASONS[r["held"]] == "tick_error" and r["sent"] == 0 and r["action_id"] == first + 1
+    assert r["total_ms"] > 0 and worker.held["tick_error"].value == 1
+    assert _recv(sink, 200) is None
+    monkeypatch.undo()
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert r["held"] == 0 and r["sent"] == 1 and r["action_id"] == first + 2 and results.head == 3
+    assert _recv(sink)["cmd"] == "dpose"
 
 
 def test_stale_inputs_and_nonfinite_output_withhold_the_command(rig):

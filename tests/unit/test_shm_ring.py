@@ -103,6 +103,71 @@ def test_peek_latest_is_validated_in_place(instance):
     ring.close()
 
 
+def _open_slots(ring) -> int:
+    """Slots whose sequence is odd: being written (a reader can never read them)."""
+    return int((ring.seqs & 1).sum())
+
+
+def test_loan_commits_with_its_metadata(instance):
+    ring = Ring.create(instance, "ln", np.float32, (4,), 4)
+    with ring.loan(src_ts=1.5, send_ts=2.5, recv_mono_ns=7, recv_wall_ns=8, aux=3.5, label=b"cam",
+                   capture_mono_ns=6) as slot:
+        slot[:] = 9.0
+    assert ring.head == 1 and ring._loan.record == 0 and _open_slots(ring) == 0
+    out, meta = np.zeros((1, 4), np.float32), np.zeros(1, META_DTYPE)
+    assert ring.latest(out, meta) == 0 and (out == 9.0).all()
+    assert meta[0].tolist() == (0, 1.5, 2.5, 7, 8, 3.5, 6, b"cam")
+    assert ring.write(np.ones(4, np.float32)) == 1
+    ring.close()
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_loan_aborts_on_any_exception_and_publishes_nothing(instance, error):
+    """An error mid-write (a KeyboardInterrupt too) gives the slot back: nothing is
+    published, no slot is left odd, and the next loan writes the same record number."""
+    ring = Ring.create(instance, "la", np.float32, (4,), 4)
+    _fill(ring, 5)                          # the slot to be written holds an old record (1)
+    with pytest.raises(error):
+        with ring.loan(src_ts=1.0) as slot:
+            slot[:] = -1.0                  # half written
+            raise error("mid-write")
+    assert ring.head == 5 and _open_slots(ring) == 0
+    assert ring.meta["record"][5 % 4] == -1   # the half-overwritten old record is invalidated
+    out = np.zeros((3, 4), np.float32)
+    assert ring.window(3, out) == 3 and (out[:, 0] == [2, 3, 4]).all()
+    with ring.loan() as slot:
+        slot[:] = 5.0
+    assert ring._loan.record == 5 and ring.latest(out[:1]) == 5 and out[0, 0] == 5.0
+    ring.close()
+
+
+def test_a_failed_write_or_commit_leaves_no_slot_open(instance):
+    ring = Ring.create(instance, "lf", np.float32, (4,), 4)
+    with pytest.raises(ValueError):
+        ring.write(np.zeros(5, np.float32))                 # wrong shape: copy fails in the slot
+    with pytest.raises((TypeError, ValueError)):
+        ring.write(np.zeros(4, np.float32), src_ts="late")  # a bad metadata value: commit fails
+    assert ring.head == 0 and _open_slots(ring) == 0
+    assert ring.write(np.zeros(4, np.float32)) == 0
+    ring.close()
+
+
+def test_nested_loans_and_unpaired_calls_are_refused(instance):
+    ring = Ring.create(instance, "lx", np.float32, (4,), 4)
+    with ring.loan():
+        with pytest.raises(RuntimeError, match="already open"):
+            ring.loan()
+        with pytest.raises(RuntimeError, match="already open"):
+            ring.begin()
+    assert ring.head == 1
+    with pytest.raises(RuntimeError, match="without begin"):
+        ring.commit()
+    with pytest.raises(RuntimeError, match="without begin"):
+        ring.abort()
+    assert ring.head == 1 and _open_slots(ring) == 0
+    ring.close()
+
+
 def test_reader_sees_writer_data_and_layout_mismatch_is_clear(instance):
     w = Ring.create(instance, "x", np.float32, (1026,), 8, extras={"channel_order": "RGB"})
     _fill(w, 3)

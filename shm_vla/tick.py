@@ -93,6 +93,11 @@ TICK_FIELDS = (
     TickField("robot_window_ts", "<f8", (2,)),
     TickField("robot_state", "<f4", (ROBOT_DIMS,)),  # the newest robot state used
     TickField("robot_ts", "<f8"),                    # its origin timestamp (sender clock)
+    # the inputs used, by record number (-1: none): a shadow or a replay reads exactly these
+    # (the windows are the sensor_buffer_size / robot_buffer_size records ending there)
+    TickField("vl_record", "<i8"),
+    TickField("sensor_record", "<i8"),
+    TickField("robot_record", "<i8"),
 )
 
 

@@ -124,6 +124,8 @@ class ActWorker:
         self._blank["actions"] = np.nan
         self._blank["delta"] = np.nan
         self._blank["dp"] = np.nan
+        for used in ("vl_record", "sensor_record", "robot_record"):
+            self._blank[used] = -1                         # no input read (yet) this tick
         for stage in STAGE_FIELDS:                       # a held tick ran no stage: not measured, not 0
             self._blank[stage] = np.nan
         # Auto-start moves the robot to its start joints: never again in a session that has
@@ -216,6 +218,9 @@ class ActWorker:
         rec["robot_age_ms"], rec["robot_recv_age_ms"], rec["robot_window_age_ms"] = \
             ages.robot, ages.robot_recv, ages.robot_window
         rec["vl_age_ms"], rec["frame_age_ms"] = ages.vl, ages.frames
+        rec["vl_record"] = int(inp.vl_meta["record"][0]) if have_vl else -1
+        rec["sensor_record"] = int(inp.sensor_meta["record"][-1]) if ks else -1
+        rec["robot_record"] = int(inp.robot_meta["record"][-1]) if kr else -1
         if ks:
             rec["sensor_window_ts"] = (inp.sensor_meta["src_ts"][-ks], inp.sensor_meta["src_ts"][-1])
         if kr:

@@ -225,3 +225,17 @@ def test_stage_timing_off_records_not_measured(rig, instance):
     r = _last_result(results)
     assert r["held"] == 0 and r["sent"] == 1                # the command does not depend on the timing
     assert all(np.isnan(r[f]) for f in STAGES) and r["total_ms"] > 0
+
+
+def test_each_result_names_the_records_it_used(rig):
+    """A shadow or a replay reads exactly the inputs act used: their record numbers."""
+    worker, rings, results, sink, cfg = rig
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert (r["vl_record"], r["sensor_record"], r["robot_record"]) == (-1, -1, -1)
+    _feed(rings)
+    worker.tick(time.monotonic_ns(), 0.0)
+    r = _last_result(results)
+    assert r["vl_record"] == rings["vl"].head - 1
+    assert r["sensor_record"] == rings["sensor"].head - 1 and r["sensor_buffer_size"] == cfg.sensor.window
+    assert r["robot_record"] == rings["robot"].head - 1

@@ -31,7 +31,8 @@ class Stream:
     name: str                                  # segment /<prefix>.<instance>.<name>
     writer: str                                # the stage that creates it
     rate_hz: Callable[[object], float]         # nominal records per second, from the config
-    aux: str = ""                              # what the meta field `aux` holds in this stream
+    aux_field: str = "aux"                     # the name of its per-stream metadata value ...
+    aux: str = ""                              # ... and what that value is
     what: str = ""                             # the record, for people (docs/SHM.md)
 
 
@@ -68,13 +69,13 @@ def _camera_hz(cfg) -> float:
 
 
 STREAMS = {s.name: s for s in (
-    *(Stream(v, INGEST_CAMERA, _camera_hz, aux="the camera's wall-clock offset estimate (s)",
+    *(Stream(v, INGEST_CAMERA, _camera_hz, "clock_offset_s", "the camera's wall-clock offset estimate (s)",
              what="uint8 HxWx3 decoded frame (channel order in the header)") for v in VIEWS),
-    *(Stream(j, INGEST_CAMERA, _camera_hz, aux="JPEG length (bytes)", what="the received JPEG bytes")
+    *(Stream(j, INGEST_CAMERA, _camera_hz, "jpeg_bytes", "JPEG length (bytes)", what="the received JPEG bytes")
       for j in JPEGS),
-    Stream(ROBOT, INGEST_ROBOT, lambda cfg: cfg.robot.rate_hz, aux="force placeholder",
+    Stream(ROBOT, INGEST_ROBOT, lambda cfg: cfg.robot.rate_hz, "force", "the robot's force placeholder",
            what="float32 12: joints, pose"),
-    Stream(SENSOR, INGEST_SENSOR, lambda cfg: cfg.sensor.rate_hz, aux="capture time on our wall clock (s)",
+    Stream(SENSOR, INGEST_SENSOR, lambda cfg: cfg.sensor.rate_hz, "capture_wall_s", "capture time on our wall clock (s)",
            what="float32 ascan_len + 1 in model order (force position in the header)"),
     Stream(VL_FEATURE, VL, lambda cfg: cfg.act.tick_hz / cfg.act.vl_reuse,
            what="feature, update no., encode time, capture times, skew"),

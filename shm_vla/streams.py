@@ -5,11 +5,14 @@ record type. Writers create, readers attach, both through these functions, so th
 can never disagree on a layout (and if an old segment does, attach fails with a clear error).
 
     view1..view5   uint8 (H, W, 3) decoded frames; meta src_ts = capture time (sender clock),
-                   label = camera name, aux = that camera's wall-clock offset estimate (s)
-    jpeg1..jpeg5   uint8 (jpeg_max_bytes,) the received JPEG bytes; aux = length
-    robot          float32 (12,) joints then pose; aux = force placeholder
+                   label = camera name, clock_offset_s = that camera's wall-clock offset (s)
+    jpeg1..jpeg5   uint8 (jpeg_max_bytes,) the received JPEG bytes; jpeg_bytes = length
+    robot          float32 (12,) joints then pose; force = the force placeholder
     sensor         float32 (ascan_len + 1,) in model order (force first or last);
-                   aux = src_ts corrected to our wall clock (s)
+                   capture_wall_s = src_ts corrected to our wall clock (s)
+
+Each stream's per-stream metadata value has its own name (pipeline.Stream.aux_field; the
+ring's meta_dtype); writers pass it as `aux=`.
     vl_feature     VL_DTYPE(vl_dim) one record per VL update
     results        tick.results_dtype(H, A) one record per action tick (fields: tick.py)
 
@@ -67,7 +70,8 @@ class RingSpec:
     extras: dict | None = None
 
     def footprint(self) -> int:
-        return ring_footprint(ring_layout(self.dtype, self.shape, self.depth, self.extras))
+        return ring_footprint(ring_layout(self.dtype, self.shape, self.depth, self.extras,
+                                          P.STREAMS[self.stream].aux_field))
 
 
 class Streams:
@@ -81,7 +85,7 @@ class Streams:
 
     def _create(self, spec: RingSpec) -> Ring:
         return Ring.create(self.instance, spec.stream, spec.dtype, spec.shape, spec.depth, prefix=self.prefix,
-                           group=self.group, extras=spec.extras)
+                           group=self.group, extras=spec.extras, aux_field=P.STREAMS[spec.stream].aux_field)
 
     def _attach(self, stream, dtype, shape, extras: dict | None = None) -> Ring:
         """A refused ring (another layout: LayoutMismatch; another configuration:

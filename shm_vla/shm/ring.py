@@ -40,12 +40,33 @@ META_DTYPE = np.dtype([
     ("send_ts", "<f8"),       # sender's send timestamp (its clock, seconds)
     ("recv_mono_ns", "<i8"),  # our CLOCK_MONOTONIC at receipt
     ("recv_wall_ns", "<i8"),  # our wall clock at receipt
-    ("aux", "<f8"),           # per-stream extra (e.g. JPEG length, force placeholder)
+    ("aux", "<f8"),           # per-stream value, named per stream (meta_dtype; pipeline.py)
     ("capture_mono_ns", "<i8"),  # capture time on our CLOCK_MONOTONIC (sender clock through the
                               # estimated offset); -1 = not known (no offset established yet)
     ("label", f"S{LABEL_BYTES}"),  # per-stream text (e.g. camera name, truncated)
 ])
 assert META_DTYPE.itemsize == 96
+AUX_INDEX = META_DTYPE.names.index("aux")
+
+
+def meta_dtype(aux_field: str = "aux") -> np.dtype:
+    """The metadata record of a stream whose per-stream value is called `aux_field` (e.g.
+    "jpeg_bytes"): the same bytes as META_DTYPE, so copies between the two work by position."""
+    names = list(META_DTYPE.names)
+    names[AUX_INDEX] = aux_field
+    return np.dtype({"names": names, "formats": [META_DTYPE[i] for i in range(len(names))],
+                     "offsets": [META_DTYPE.fields[n][1] for n in META_DTYPE.names],
+                     "itemsize": META_DTYPE.itemsize})
+
+
+def _generic_meta(descr) -> list:
+    """A layout's meta description with the per-stream name put back to "aux"."""
+    descr = [list(field) for field in descr]
+    if len(descr) > AUX_INDEX:
+        descr[AUX_INDEX][0] = "aux"
+    return descr
+
+
 _META_DESCR_JSON = json.loads(json.dumps(META_DTYPE.descr))
 CONTROL_BYTES = 128
 SEQ_BYTES = 64
@@ -65,7 +86,8 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None = None) -> dict:
+def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None = None,
+                aux_field: str = "aux") -> dict:
     dtype = np.dtype(dtype)
     payload = int(dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
     layout = {
@@ -75,7 +97,7 @@ def ring_layout(dtype: np.dtype, shape: tuple, depth: int, extras: dict | None =
         "depth": int(depth),
         "payload_bytes": payload,
         "stride": SEQ_BYTES + META_DTYPE.itemsize + _align(payload),
-        "meta": META_DTYPE.descr,   # a reader of another meta layout is refused at attach
+        "meta": meta_dtype(aux_field).descr,   # another meta layout is refused at attach
     }
     if extras:
         layout["extras"] = extras
@@ -119,7 +141,9 @@ class Ring:
         self.futex = Futex(np.ndarray((1,), np.uint32, buffer=buf, offset=base + ALIGN))
         slots = base + CONTROL_BYTES
         self.seqs = np.ndarray((self.depth,), np.uint64, buffer=buf, offset=slots, strides=(self.stride,))
-        self.meta = np.ndarray((self.depth,), META_DTYPE, buffer=buf, offset=slots + SEQ_BYTES,
+        # the metadata as the writer named it (its per-stream value under its own name)
+        self.meta_dtype = meta_dtype(layout["meta"][AUX_INDEX][0]) if "meta" in layout else META_DTYPE
+        self.meta = np.ndarray((self.depth,), self.meta_dtype, buffer=buf, offset=slots + SEQ_BYTES,
                                strides=(self.stride,))
         self.payload = np.ndarray((self.depth,) + self.shape, self.dtype, buffer=buf,
                                   offset=slots + SEQ_BYTES + META_DTYPE.itemsize,
@@ -127,7 +151,7 @@ class Ring:
         # reader scratch, allocated once
         self._seq_before = np.empty(self.depth, np.uint64)
         self._seq_after = np.empty(self.depth, np.uint64)
-        self._meta_scratch = np.empty(self.depth, META_DTYPE)
+        self._meta_scratch = np.empty(self.depth, self.meta_dtype)
         self._expect = np.arange(self.depth, dtype=np.int64)
         self._check = np.empty(self.depth, np.int64)
         # writer state: the slot being written (-1: none) and the one reusable loan
@@ -138,10 +162,12 @@ class Ring:
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, instance: str, stream: str, dtype, shape: tuple, depth: int, *,
-               prefix: str = segmod.DEFAULT_PREFIX, group: str = "", extras: dict | None = None) -> "Ring":
+               prefix: str = segmod.DEFAULT_PREFIX, group: str = "", extras: dict | None = None,
+               aux_field: str = "aux") -> "Ring":
+        """aux_field: the name of this stream's per-stream metadata value (readers see it so)."""
         if depth < 2:
             raise ValueError(f"ring {stream}: depth must be >= 2, got {depth}")
-        layout = ring_layout(dtype, shape, depth, extras)
+        layout = ring_layout(dtype, shape, depth, extras, aux_field)
         seg = segmod.Segment.create(segmod.segment_name(instance, stream, prefix), layout,
                                     ring_data_bytes(layout), group=group)
         ring = cls(seg, seg.layout())
@@ -169,7 +195,7 @@ class Ring:
             layout = seg.layout()
             if layout.get("kind") != "ring":
                 raise segmod.LayoutMismatch(f"{seg.name}: not a ring (kind {layout.get('kind')!r})")
-            if layout.get("meta") != _META_DESCR_JSON:
+            if _generic_meta(layout.get("meta", [])) != _META_DESCR_JSON:
                 raise segmod.LayoutMismatch(f"{seg.name}: record metadata layout differs from this version's "
                                             "(a segment left by another shm-vla version?)")
             ring = cls(seg, layout)
@@ -207,6 +233,10 @@ class Ring:
     def _drop_views(self) -> None:
         for attr in ("_head", "seqs", "meta", "payload", "futex"):
             setattr(self, attr, None)
+
+    def new_meta(self, n: int) -> np.ndarray:
+        """A metadata buffer for n records, with this stream's field names."""
+        return np.zeros(n, self.meta_dtype)
 
     def close(self) -> None:
         self._drop_views()      # before unmapping: a live view keeps the map
@@ -356,7 +386,8 @@ class Ring:
         """Copy the newest k = min(n, available) records into out[n-k:n], oldest first.
 
         Right-aligned so that a caller can zero-pad the front while a ring fills.
-        Returns k. `out` has shape (>= n,) + record shape; `meta_out` (>= n,) META_DTYPE.
+        Returns k. `out` has shape (>= n,) + record shape; `meta_out` (>= n,) of
+        `ring.meta_dtype` (or META_DTYPE: the same bytes, copied by position).
         `out` None: the metadata only (cheap: e.g. to choose which frame to copy).
         """
         if n > self.depth - 1:

@@ -24,7 +24,7 @@ from .. import pipeline as P
 from .. import tick
 from ..finite import finite_or_none as _num    # a ring value (NaN: not measured) for the files
 from ..process import Runtime, attach_when_ready, run_process
-from ..shm.ring import META_DTYPE, Ring
+from ..shm.ring import Ring
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
 from ..protocol.sensor import ascan_columns, force_column
 from .session_files import SessionWriter, recover
@@ -73,7 +73,7 @@ class RingCursor:
         self.ring = ring
         self.batch = min(batch, ring.depth - 1)
         self.out = np.zeros((self.batch,) + ring.shape, ring.dtype)
-        self.meta = np.zeros(self.batch, META_DTYPE)
+        self.meta = ring.new_meta(self.batch)     # the stream's own field names
         # a checkpoint past the head means the ring was made afresh since: read it from its start
         self.next_record = start if start <= ring.head else 0
         self.lost = 0
@@ -167,7 +167,7 @@ class Recorder:
         def handle(out, meta):
             for row, m in zip(out, meta):
                 camera = bytes(m["label"]).decode(errors="replace") or self.views[view]
-                self.writer.write_frame(self.views[view], camera, float(m["src_ts"]), row[: int(m["aux"])])
+                self.writer.write_frame(self.views[view], camera, float(m["src_ts"]), row[: int(m["jpeg_bytes"])])
                 self.frames.inc()
         return handle
 
@@ -176,7 +176,7 @@ class Recorder:
         rows[:, 0] = meta["recv_wall_ns"] * 1e-9
         rows[:, 1] = meta["src_ts"]
         rows[:, 2] = meta["send_ts"]
-        rows[:, 3] = meta["aux"]
+        rows[:, 3] = meta["force"]
         rows[:, 4:] = out
         self.writer.write_robot_rows(rows)
         self.robot_rows.inc(len(out))

@@ -43,12 +43,12 @@ WAIT_SLICE_S = 0.05
 class FrameSet:
     """Preallocated buffers for one 5-view set and its metadata."""
 
-    def __init__(self, frame_shape: tuple, pin: bool = False):
+    def __init__(self, frame_shape: tuple, pin: bool = False, meta_dtype=META_DTYPE):
         self.frames = np.zeros((N_VIEWS,) + frame_shape, np.uint8)
         if pin:
             import torch
             self.frames = torch.from_numpy(self.frames).pin_memory().numpy()
-        self.meta = np.zeros(N_VIEWS, META_DTYPE)
+        self.meta = np.zeros(N_VIEWS, meta_dtype)       # the view rings' (clock_offset_s named)
         self.used_records = np.full(N_VIEWS, -1, np.int64)
 
     @property
@@ -64,7 +64,8 @@ class VlWorker:
         self.views = views
         self.vl_ring = vl_ring
         self.backbone = backbone
-        self.set = FrameSet(views[0].shape, pin=rt.cfg.model.vl_device.startswith("cuda"))
+        self.set = FrameSet(views[0].shape, pin=rt.cfg.model.vl_device.startswith("cuda"),
+                            meta_dtype=views[0].meta_dtype)
         self.min_interval_ns = int(rt.cfg.act.vl_reuse / rt.cfg.act.tick_hz * 1e9)
         self.last_start_ns = -self.min_interval_ns
         half_period_ns = int(0.5e9 / rt.cfg.camera.rate_hz)
@@ -191,7 +192,7 @@ class VlWorker:
             slot["update"] = self.vl_ring.head + 1     # monotonic across restarts of this process
             slot["encode_ms"] = encode_ms
             slot["capture_ts"] = fs.meta["src_ts"]
-            slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["aux"]   # aux: the camera clock offset
+            slot["capture_local_ts"] = fs.meta["src_ts"] + fs.meta["clock_offset_s"]
             slot["capture_mono_ns"] = fs.meta["capture_mono_ns"]
             slot["frame_recv_mono_ns"] = fs.meta["recv_mono_ns"]
             slot["frame_record"] = fs.meta["record"]

@@ -86,3 +86,29 @@ def test_the_tick_table_is_the_session_schema_and_the_ring():
     assert {f.ring for f in tick.TICK_FIELDS if f.ring} == set(dtype.names)
     assert dtype["actions"].shape == (8, 7) and dtype["dp"].shape == (tick.DP_DIMS,)
     assert tick.stat_gauge("total_ms") == "latency_ms" and tick.stat_gauge("tick_lateness_ms") == "lateness_ms"
+
+
+def test_each_stream_names_its_own_metadata_value(instance):
+    """No overloaded `aux`: a reader sees each stream's per-stream value under its name."""
+    import numpy as np
+    from shm_vla.shm.ring import META_DTYPE, Ring
+    cfg = config.Config(instance=instance)
+    streams = Streams(cfg)
+    jpeg, robot = streams.create_jpeg(0), streams.create_robot()
+    try:
+        jpeg.write(np.zeros(cfg.camera.jpeg_max_bytes, np.uint8), aux=1234.0)
+        robot.write(np.zeros(12, np.float32), aux=-0.5)
+        reader = streams.attach_jpeg(0)
+        meta = reader.new_meta(1)
+        reader.latest(np.zeros((1, cfg.camera.jpeg_max_bytes), np.uint8), meta)
+        assert meta["jpeg_bytes"][0] == 1234.0 and reader.meta_dtype.names[5] == "jpeg_bytes"
+        generic = np.zeros(1, META_DTYPE)                          # a reader that does not care
+        reader.latest(np.zeros((1, cfg.camera.jpeg_max_bytes), np.uint8), generic)
+        assert generic["aux"][0] == 1234.0
+        reader.close()
+        r = Ring.attach(instance, P.ROBOT)
+        assert r.meta["force"][0] == -0.5 and P.STREAMS[P.ROBOT].aux_field == "force"
+        r.close()
+    finally:
+        jpeg.close()
+        robot.close()

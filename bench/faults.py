@@ -36,12 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from shm_vla import config  # noqa: E402
+from shm_vla import pipeline as P  # noqa: E402
 from shm_vla.model.make_checkpoint import make_checkpoint  # noqa: E402
 from shm_vla.shm import stats as statsmod  # noqa: E402
 from shm_vla.shm.ring import META_DTYPE  # noqa: E402
 from shm_vla.streams import Streams  # noqa: E402
 
-STAGES = ("ingest-camera", "ingest-robot", "ingest-sensor", "vl", "act", "record")
+STAGES = tuple(P.STAGES)
 SENDER_OFFSET_S = 3.7
 START_TIMEOUT_S = 120.0
 STEP_TIMEOUT_S = 60.0
@@ -109,7 +110,7 @@ def drill_kill9(instance: str, commands: Commands) -> dict:
         t0 = time.monotonic_ns()
         back = C.wait_for(lambda: _up(instance, name, not_pid=old), STEP_TIMEOUT_S, 0.01)
         entry = {"restart_s": round((time.monotonic_ns() - t0) / 1e9, 3) if back else None}
-        if name == "act":
+        if name == P.ACT:
             entry["command_gap_s"] = commands.first_after(t0, STEP_TIMEOUT_S)
         out[name] = entry
         time.sleep(1.0)
@@ -117,8 +118,8 @@ def drill_kill9(instance: str, commands: Commands) -> dict:
 
 
 def drill_sigstop_sensor(instance: str, cfg, commands: Commands, stop_s: float) -> dict:
-    pid = _snap(instance, "ingest-sensor")["pid"]
-    backlog_before = _snap(instance, "ingest-sensor")["values"].get("stale_backlog", 0)
+    pid = _snap(instance, P.INGEST_SENSOR)["pid"]
+    backlog_before = _snap(instance, P.INGEST_SENSOR)["values"].get("stale_backlog", 0)
     os.kill(pid, signal.SIGSTOP)
     t_stop = time.time()
     time.sleep(stop_s)
@@ -135,15 +136,15 @@ def drill_sigstop_sensor(instance: str, cfg, commands: Commands, stop_s: float) 
             "stale_commanded": int((oldest_ms > bound_ms).sum()),
             "oldest_sample_used_ms_max": round(float(oldest_ms.max()), 1) if len(sent) else None,
             "bound_ms": round(bound_ms, 1), "next_command_after_sigcont_s": next_command_s,
-            "stale_backlog_records": _snap(instance, "ingest-sensor")["values"].get("stale_backlog", 0)
+            "stale_backlog_records": _snap(instance, P.INGEST_SENSOR)["values"].get("stale_backlog", 0)
             - backlog_before}
 
 
 def drill_hang(instance: str, commands: Commands, hang_timeout_s: float) -> dict:
-    old = _snap(instance, "act")["pid"]
+    old = _snap(instance, P.ACT)["pid"]
     os.kill(old, signal.SIGSTOP)
     t0 = time.monotonic_ns()
-    back = C.wait_for(lambda: _up(instance, "act", not_pid=old), STEP_TIMEOUT_S, 0.05)
+    back = C.wait_for(lambda: _up(instance, P.ACT, not_pid=old), STEP_TIMEOUT_S, 0.05)
     restart_s = (time.monotonic_ns() - t0) / 1e9
     if _pid_alive(old):
         os.kill(old, signal.SIGKILL)

@@ -40,7 +40,7 @@ from .config import Config
 from .logutil import RateLimitedLog
 from .shm import stats as statsmod
 from .stat_model import build_snapshot
-from .streams import N_VIEWS, view_stream
+from . import pipeline as P
 
 PREFIX = "shm_vla_"
 GAUGE, COUNTER = "gauge", "counter"
@@ -164,9 +164,9 @@ class Limits:
     @classmethod
     def of(cls, cfg: Config) -> "Limits":
         act = cfg.act
-        ages = {"sensor": act.max_sensor_age_ms / 1e3, "robot": act.max_robot_age_ms / 1e3,
-                "vl_feature": act.max_vl_age_ms / 1e3, "results": cfg.stat.stale_periods / act.tick_hz}
-        ages.update({view_stream(i): act.max_frame_age_ms / 1e3 for i in range(N_VIEWS)})
+        ages = {P.SENSOR: act.max_sensor_age_ms / 1e3, P.ROBOT: act.max_robot_age_ms / 1e3,
+                P.VL_FEATURE: act.max_vl_age_ms / 1e3, P.RESULTS: cfg.stat.stale_periods / act.tick_hz}
+        ages.update({view: act.max_frame_age_ms / 1e3 for view in P.VIEWS})
         return cls(ages, act.vl_reuse / act.tick_hz, cfg.vl.max_skew_ms / 1e3)
 
 
@@ -202,7 +202,7 @@ def _process_samples(cell: dict, processes: dict) -> list:
         if p["alive"]:
             cpu_s, rss = _usage(p["pid"])
             out += [("process_cpu_seconds_total", labels, cpu_s), ("process_resident_memory_bytes", labels, rss)]
-        if name == "supervisor":      # the supervisor counts its children's hangs
+        if name == P.SUPERVISOR:      # the supervisor counts its children's hangs
             out += [("process_hangs_total", {**cell, "process": key[len("hangs."):]}, value)
                     for key, value in p["values"].items() if key.startswith("hangs.")]
     return out

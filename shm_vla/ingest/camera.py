@@ -55,6 +55,7 @@ class DecodeWorker(threading.Thread):
         self.cond = threading.Condition()
         self.pending: dict[int, PendingFrame] = {}
         self.running = True
+        self.failure: BaseException | None = None   # why the thread ended, if it failed
 
     def offer(self, view: int, frame: PendingFrame) -> bool:
         """Hand a frame over; returns True if it replaced an undecoded one (a drop)."""
@@ -70,6 +71,12 @@ class DecodeWorker(threading.Thread):
             self.cond.notify()
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:          # a bug: the process must not run on without these views
+            self.failure = exc
+
+    def _run(self) -> None:
         while True:
             with self.cond:
                 if not self.pending and self.running:
@@ -114,6 +121,13 @@ class CameraIngest:
     def start(self) -> None:
         for w in self.workers:
             w.start()
+
+    def check_workers(self) -> None:
+        """A decoder thread that failed ends the process (exit 1, restarted), rather than
+        leaving its views without frames while the process looks healthy."""
+        for w in self.workers:
+            if w.failure is not None:
+                raise RuntimeError(f"decoder thread {w.name} failed: {w.failure!r}") from w.failure
 
     def stop(self) -> None:
         for w in self.workers:
@@ -244,6 +258,7 @@ def run(rt: Runtime) -> int:
     try:
         while rt.running:
             rt.housekeeping()
+            ingest.check_workers()
             with ingest.lock:
                 ingest.meter.periodic(time.monotonic_ns(), ingest.published_offset_s)
             if not poller.poll(POLL_TIMEOUT_MS):

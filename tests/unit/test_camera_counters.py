@@ -136,3 +136,22 @@ def test_a_counter_two_threads_increment_is_incremented_under_the_lock(ingest, m
     shared = {names[i] for i, threads in threads_of.items() if len(threads) > 1}
     assert {"records", "resized_frames", "errors.jpeg"} <= shared      # the hammer did share them
     assert {name for name in shared if unguarded[ingest.rt.stats._index[name]]} == set()
+
+
+def test_a_failed_decoder_thread_ends_the_process_instead_of_silently_losing_its_views(ingest):
+    """A bug in a decoder thread (not a bad JPEG, which is counted) must not leave the
+    process up with some views frozen: the main loop's check raises (exit 1, restarted)."""
+    def broken(view, frame):
+        raise ZeroDivisionError("a bug")
+    ingest.decode = broken
+    ingest.start()
+    try:
+        ingest.check_workers()                           # nothing failed yet
+        ingest.workers[0].offer(0, _frame(0, b"x", 0))
+        deadline = time.monotonic() + 5
+        while ingest.workers[0].failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(RuntimeError, match="decoder thread .* failed: ZeroDivisionError"):
+            ingest.check_workers()
+    finally:
+        ingest.stop()

@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -179,8 +180,8 @@ def _what_is_missing(paths: SessionPaths, vl: dict, sensor: dict) -> str | None:
                                         ("sensor data (sensor_data_*.npz)", bool(sensor)),
                                         ("robot data (robot_state_*.csv)", robot)) if not there]
     if missing:
-        return (f"{root} lacks its {' and '.join(missing)}: recorded by an shm-vla before replay, "
-                "or the files were removed")
+        return (f"{root} holds no {' and no '.join(missing)}: none reached the recorder, or it was recorded by "
+                "an shm-vla before replay, or the files were removed")
     if "records" not in sensor:
         return (f"{root}: its sensor data has no ring record numbers (`records`): recorded by an shm-vla "
                 "before replay")
@@ -433,6 +434,18 @@ def replay(session: RecordedSession, settings: Settings, progress=None) -> dict:
     return _report(session, replayer, comparison, skipped, wall_s)
 
 
+def _sha256(path: str) -> str | None:
+    """The checkpoint file's sha256 (what the shadow lines name, and the file to deploy)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _checkpoint_identity(path: str, recorded: dict) -> bool | None:
     """The checkpoint is the recorded file (same path, size and modification time); None if unknown."""
     try:
@@ -467,7 +480,7 @@ def _report(session: RecordedSession, replayer: Replayer, c: Comparison, skipped
     return {
         "schema_version": SCHEMA_VERSION,
         "session": str(session.paths.root), "finalised": session.finalised,
-        "checkpoint": {"path": m.checkpoint, "model_type": r.model_type,
+        "checkpoint": {"path": m.checkpoint, "model_type": r.model_type, "sha256": _sha256(m.checkpoint),
                        "same_file_as_recorded": _checkpoint_identity(m.checkpoint, session.checkpoint_file)},
         "recorded_with": {"checkpoint": session.checkpoint_file.get("path"), "device": recorded.act_device,
                           "dtype": recorded.act_dtype, "threads": recorded.act_threads},

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from procs import REPO, spawn, stop, wait_for, write_config
-from shm_vla.model.make_checkpoint import make_checkpoint
+from replay_rig import replay_checkpoints, sized_checkpoint
 from shm_vla.shm import stats as statsmod
 from shm_vla.shm.segment import remove_instance
 
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    return {"flow": make_checkpoint(root / "flow.pt", "tiny", "flow"),
-            "flow_other": make_checkpoint(root / "flow_other.pt", "tiny", "flow", seed=1),
-            "regression": make_checkpoint(root / "reg.pt", "tiny", "regression")}
+    return replay_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def _commands(path: Path) -> int:
@@ -97,6 +94,16 @@ def test_the_recorded_frames_re_encode_to_the_recorded_features(flow_session, ch
     vl = report["vl"]
     assert vl["updates_reencoded"] > 10 and vl["max_abs_diff"] == 0.0 and vl["bit_exact"]
     assert report["max_abs_diff"] == 0.0 and report["ticks"] == len(_results(flow_session))
+
+
+def test_a_checkpoint_of_another_vl_width_replays_through_the_re_encoded_frames(flow_session, tmp_path):
+    narrow = sized_checkpoint(tmp_path / "vl32.pt", vl_dim=32)
+    code, report, err = _replay(flow_session, narrow)
+    assert code == 2 and report is None and "--vl" in err and len(err.strip().splitlines()) == 1
+    code, report, err = _replay(flow_session, narrow, "--vl")
+    assert code == 0, err
+    assert report["vl"]["width"] == [64, 32] and report["vl"]["max_abs_diff"] is None
+    assert report["ticks"] == len(_results(flow_session)) and report["max_abs_diff"] > 0
 
 
 def test_another_checkpoint_reports_its_difference(flow_session, checkpoints, tmp_path):

@@ -1,98 +1,32 @@
 """`shm-vla replay` in one process: a session made by the real act tick and the real recorder
-conversion over real rings (no sockets, no child processes), replayed through checkpoints.
+conversion over real rings (tests/replay_rig.py), replayed through checkpoints.
 
 The real-process version (`shm-vla run ... --save-data`, a recorder killed mid-session, --vl)
 is tests/integration/test_replay.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from shm_vla import config, replay, tick
-from shm_vla import pipeline as P
+from replay_rig import record_session, replay_checkpoints, sized_checkpoint
+from shm_vla import replay, tick
 from shm_vla.model import TickRunner, load_checkpoint
-from shm_vla.model.make_checkpoint import deployed_state_dict, make_checkpoint, preset_sizes, random_heads
-from shm_vla.process import Runtime
-from shm_vla.streams import Streams
-from shm_vla.workers.act import ActWorker, Commander, Inputs, make_runner
-from shm_vla.workers.record import Recorder, session_config
 from shm_vla.workers.session_files import SessionWriter
 
 TICKS = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    return {"flow": make_checkpoint(root / "flow.pt", "tiny", "flow"),
-            "flow_other": make_checkpoint(root / "flow_other.pt", "tiny", "flow", seed=1),
-            "regression": make_checkpoint(root / "reg.pt", "tiny", "regression")}
+    return replay_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
-def _sized_checkpoint(path: Path, **sizes) -> Path:
-    """A tiny flow checkpoint with other sizes (e.g. vl_dim, robot_window)."""
-    s = dataclasses.replace(preset_sizes("tiny", "flow"), **sizes)
-    s = dataclasses.replace(s, fusion_width=s.vl_dim + 2 * s.sensor_out)
-    torch.save({"model_state_dict": deployed_state_dict(random_heads(s, 3))}, path)
-    return path
-
-
-def _record(tmp_path: Path, instance: str, ckpt: Path, ticks: int = TICKS, close: bool = True,
-            robot_ring_depth: int = 512) -> Path:
-    """Run `ticks` act ticks over real rings fed with changing inputs, and record them with
-    --save-data as the recorder does (Recorder's drain over the same rings); the session dir."""
-    cfg = config.load(instance, None, [f'command.connect="tcp://127.0.0.1:{_free_port()}"',
-                                       f"robot.ring_depth={robot_ring_depth}", "model.seed=7"])
-    cfg.model.checkpoint = str(ckpt)
-    loaded = load_checkpoint(ckpt, cfg.model, sensor_window=cfg.sensor.window)
-    streams = Streams(cfg)
-    vl, sensor, robot = streams.create_vl(loaded.info.vl_dim), streams.create_sensor(), streams.create_robot()
-    results = streams.create_results(loaded.info.horizon, loaded.info.action_dim)
-    act_rt, rec_rt = Runtime(cfg, "act"), Runtime(cfg, "record")
-    worker = ActWorker(act_rt, make_runner(cfg, loaded),
-                       Inputs(cfg.sensor.window, loaded.info.robot_window, vl, sensor, robot), results,
-                       Commander(act_rt))
-    writer = SessionWriter(tmp_path / "out", save_data=True, views=cfg.camera.views)
-    writer.write_config(session_config(cfg))
-    recorder = Recorder(rec_rt, writer, results, vl, {P.ROBOT: robot, P.SENSOR: sensor})
-    rng = np.random.default_rng(0)
-    for i in range(ticks):
-        now = time.monotonic_ns()
-        early = i < 4                  # the first ticks' windows are front-padded; later ones are
-        for _ in range(7 if early else 70):            # all fresh records (the gate's window age)
-            sensor.write(rng.standard_normal(cfg.sensor_channels).astype(np.float32), capture_mono_ns=now)
-        for _ in range(3 if early else 100):
-            robot.write(rng.standard_normal(12).astype(np.float32), capture_mono_ns=now)
-        if i % 4 == 0:
-            with vl.loan(src_ts=1.7e9 + i) as slot:
-                slot["feature"] = rng.standard_normal(loaded.info.vl_dim)
-                slot["update"], slot["encode_ms"] = vl.head + 1, 5.0
-                slot["capture_mono_ns"] = slot["frame_recv_mono_ns"] = now
-                slot["capture_ts"] = 1.7e9 + i
-        worker.tick(now, 0.0)
-        recorder.drain()
-    if close:
-        writer.close()
-    worker.commander.close()
-    for ring in (vl, sensor, robot, results):
-        ring.close()
-    act_rt.close()
-    rec_rt.close()
-    return writer.path
+def _record(tmp_path: Path, instance: str, ckpt: Path, close: bool = True) -> Path:
+    return record_session(tmp_path, instance, ckpt, TICKS, close)
 
 
 def _main(capsys, *argv) -> tuple[int, dict | str, str]:
@@ -173,15 +107,15 @@ def test_a_cut_off_session_replays_its_complete_records(tmp_path, instance, chec
 
 def test_checkpoints_of_other_sizes(tmp_path, instance, checkpoints, capsys):
     session = _record(tmp_path, instance, checkpoints["flow"])
-    wide = _sized_checkpoint(tmp_path / "vl32.pt", vl_dim=32)
+    wide = sized_checkpoint(tmp_path / "vl32.pt", vl_dim=32)
     code, out, err = _main(capsys, session, "--checkpoint", wide)
     assert code == 2 and len(err.splitlines()) == 1
     assert "VL features are 64 wide" in err and "take 32" in err and "--vl" in err
-    channels = _sized_checkpoint(tmp_path / "c100.pt", sensor_channels=100)
+    channels = sized_checkpoint(tmp_path / "c100.pt", sensor_channels=100)
     code, out, err = _main(capsys, session, "--checkpoint", channels)
     assert code == 2 and len(err.splitlines()) == 1 and "sensor channels 100" in err
     # a longer robot window: the recorded rows before each tick's window are there to feed it
-    long_window = _sized_checkpoint(tmp_path / "tr120.pt", robot_window=120)
+    long_window = sized_checkpoint(tmp_path / "tr120.pt", robot_window=120)
     code, report, err = _main(capsys, session, "--checkpoint", long_window, "--json")
     assert code == 0, err
     assert report["ticks"] == TICKS and report["max_abs_diff"] > 0

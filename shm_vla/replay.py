@@ -252,7 +252,7 @@ class FrameEncoder:
                       for view in self.views}
         self.backbone, self.threads = backbone, threads
         self.diffs: list[float] = []       # per update re-encoded: max |diff| to the recorded feature
-        self.missing = 0                   # updates whose frames are not all recorded
+        self.missing = 0                   # updates whose frames are not all recorded (or not readable)
         self._last: tuple[int, np.ndarray | None] = (-1, None)
 
     def encode(self, row: int, capture_ts: np.ndarray, recorded: np.ndarray) -> np.ndarray | None:
@@ -262,9 +262,7 @@ class FrameEncoder:
             return self._last[1]
         feature = None
         paths = [self.files[view].get(f"{ts:.3f}") for view, ts in zip(self.views, capture_ts)]
-        if all(paths):
-            for i, path in enumerate(paths):
-                self.decoder.decode_into(path.read_bytes(), self.frames[i])
+        if all(paths) and self._decode(paths):
             with _torch_threads(self.threads):
                 feature = np.array(self.backbone.encode(self.frames), np.float32)
             if feature.shape == recorded.shape:
@@ -273,6 +271,16 @@ class FrameEncoder:
             self.missing += 1
         self._last = (row, feature)
         return feature
+
+    def _decode(self, paths: list) -> bool:
+        """The frames into the views buffer, as the camera ingest decodes them; False for a bad JPEG."""
+        from .protocol.errors import ProtocolError
+        try:
+            for i, path in enumerate(paths):
+                self.decoder.decode_into(path.read_bytes(), self.frames[i])
+        except (OSError, ProtocolError):
+            return False
+        return True
 
 
 @contextlib.contextmanager
@@ -317,8 +325,9 @@ class Replayer:
         m.act_threads = settings.threads or m.act_threads
         for device in {m.act_device, m.vl_device if settings.vl else "cpu"}:
             if device.startswith("cuda") and not torch.cuda.is_available():
-                raise CannotReplay(f"the session was recorded on {device} and this machine has no CUDA: give "
-                                   "--device cpu (expect float rounding differences)")
+                raise CannotReplay(f"this machine has no CUDA for {device}" + ("" if settings.device else
+                                   " (the session was recorded on it): give --device cpu (expect float rounding "
+                                   "differences)"))
         try:
             self.loaded = load_checkpoint(m.checkpoint, m, sensor_window=cfg.sensor.window,
                                           sensor_channels=cfg.sensor_channels, robot_dims=ROBOT_DIMS)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from procs import REPO, spawn, stop, wait_for, write_config
@@ -94,6 +96,22 @@ def test_the_recorded_frames_re_encode_to_the_recorded_features(flow_session, ch
     vl = report["vl"]
     assert vl["updates_reencoded"] > 10 and vl["max_abs_diff"] == 0.0 and vl["bit_exact"]
     assert report["max_abs_diff"] == 0.0 and report["ticks"] == len(_results(flow_session))
+
+
+def test_vl_skips_the_ticks_whose_frames_are_missing_or_unreadable(flow_session, checkpoints, tmp_path):
+    session = Path(shutil.copytree(flow_session, tmp_path / flow_session.name))
+    stamp = session.name.removeprefix("async_inference_")
+    with np.load(session / f"vl_features_{stamp}.npz") as vl:
+        used = vl["capture_timestamps"][[3, 6]]                   # the frames of two VL updates
+    gone = next((session / "View2").glob(f"*_{used[0][1]:.3f}.jpg"))
+    gone.unlink()
+    bad = next((session / "View4").glob(f"*_{used[1][3]:.3f}.jpg"))
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    code, report, err = _replay(session, checkpoints["flow"], "--vl")
+    assert code == 0, err
+    assert report["vl"]["updates_without_frames"] == 2 and report["skipped"]["frames_not_recorded"] > 0
+    assert report["ticks"] + report["skipped"]["frames_not_recorded"] == len(_results(session))
+    assert report["max_abs_diff"] == 0.0 and report["vl"]["max_abs_diff"] == 0.0
 
 
 def test_a_checkpoint_of_another_vl_width_replays_through_the_re_encoded_frames(flow_session, tmp_path):

@@ -136,6 +136,7 @@ def test_recover_command_finalises_a_cut_off_session_and_leaves_a_live_one_alone
     done = _recover_cli(str(tmp_path))           # a folder of sessions: each unfinished one
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"finalised {root}") and "summary written" in done.stdout
+    assert "VL features assembled" in done.stdout and list(root.glob("vl_features_*.npz"))
     timings = _lines(next(root.glob("performance_timings_*.jsonl")))
     held = _lines(next(root.glob("held_ticks_*.jsonl")))
     summary = json.loads(next(root.glob("performance_summary_*.json")).read_text())

@@ -2,7 +2,7 @@
 conversion over real rings (tests/replay_rig.py), replayed through checkpoints.
 
 The real-process version (`shm-vla run ... --save-data`, a recorder killed mid-session, --vl)
-is tests/integration/test_replay.py.
+is tests/integration/test_replay_pipeline.py.
 """
 from __future__ import annotations
 

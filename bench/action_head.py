@@ -4,6 +4,7 @@
   shm-vla bench action-head [--presets tiny,seed-size] [--type flow|regression]
                             [--device cpu|cuda] [--iters N] [--quick] [--json]
                             [--stage-timing events|graphs|off] [--compare-stage-timing events,graphs,off]
+                            [--compare-noise-seed]
 
 Both paths get the same random-init checkpoint (``shm-vla make-checkpoint``) and the same host
 windows. The two are interleaved tick by tick so that machine noise hits both alike.
@@ -24,6 +25,12 @@ the copies and the final synchronisation) and the seed/ours ratio of the p50s.
 mode the tick's wall time, the split (p50 per stage, null where not measured), the mode in
 effect (a graph may refuse events) and the cost against "off" (p50 and mean difference, us).
 On a CPU the modes differ only in reading the host clock; on CUDA they are the graph variants.
+
+``--compare-noise-seed`` measures what the per-tick noise seed costs (issue 14: act seeds every
+flow tick so that ``shm-vla replay`` redraws its noise): one TickRunner ticked alternately from
+its own noise stream and with ``run(noise_seed)`` (``tick.tick_noise_seed``), the cost as the
+p50 and mean difference (us), and whether a seed gives the same chunk twice (``reproducible``)
+and the CUDA memory allocated grew over the seeded ticks (``allocated_growth_bytes``, CUDA).
 """
 from __future__ import annotations
 
@@ -45,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shm_vla.model import TickRunner, load_checkpoint                   # noqa: E402
+from shm_vla.tick import tick_noise_seed                               # noqa: E402
 from shm_vla.model.runner import STAGE_TIMINGS                         # noqa: E402
 from shm_vla.model.make_checkpoint import make_checkpoint              # noqa: E402
 from _seed_style import SeedStyleTick                                  # noqa: E402
@@ -123,15 +131,20 @@ def _split_p50(parts: list) -> dict | None:
     return None if np.isnan(p).any() else {"sensor": float(p[0]), "robot": float(p[1]), "action": float(p[2])}
 
 
-def compare_stage_timing(preset: str, model_type: str, modes: list[str], stream_priority: int, args,
-                         workdir: Path) -> dict:
-    """The cost of the per-stage times: one runner per mode, ticked in turn (noise hits all alike)."""
+def _model_and_dtype(preset: str, model_type: str, args, workdir: Path):
+    """The preset's checkpoint (made once in workdir), loaded, and the runner dtype asked for."""
     path = workdir / f"{preset}-{model_type}.pt"
     if not path.exists():
         make_checkpoint(path, preset, model_type, seed=0)
-    lm = load_checkpoint(path)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
                                                            else torch.float32)
+    return load_checkpoint(path), dtype
+
+
+def compare_stage_timing(preset: str, model_type: str, modes: list[str], stream_priority: int, args,
+                         workdir: Path) -> dict:
+    """The cost of the per-stage times: one runner per mode, ticked in turn (noise hits all alike)."""
+    lm, dtype = _model_and_dtype(preset, model_type, args, workdir)
     runners = {m: TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver,
                              horizon=8, use_cuda_graph=not args.no_graph, seed=0, stream_priority=stream_priority,
                              compile=args.compile, stage_timing=m) for m in modes}
@@ -170,6 +183,43 @@ def compare_stage_timing(preset: str, model_type: str, modes: list[str], stream_
             "cost_vs_off": cost}
 
 
+def compare_noise_seed(preset: str, model_type: str, stream_priority: int, args, workdir: Path) -> dict:
+    """The cost of seeding each tick's noise: run() and run(noise_seed) alternately, one runner."""
+    lm, dtype = _model_and_dtype(preset, model_type, args, workdir)
+    runner = TickRunner(lm, device=args.device, dtype=dtype, flow_steps=args.steps, solver=args.solver, horizon=8,
+                        use_cuda_graph=not args.no_graph, seed=0, stream_priority=stream_priority,
+                        compile=args.compile, stage_timing=args.stage_timing)
+    rng = np.random.default_rng(0)
+    for buf in (runner.vl_in, runner.sensor_in, runner.robot_in):
+        buf[...] = rng.standard_normal(buf.shape)
+    iters = args.iters or (QUICK_ITERS if args.quick else ITERS)[preset]
+    warm = max(2, iters // 10)
+    wall = {"stream": [], "seeded": []}
+    cuda = args.device.startswith("cuda")
+    allocated = None
+    deadline = time.monotonic() + args.max_seconds
+    for i in range(warm + iters):
+        if i == warm and cuda:
+            allocated = torch.cuda.memory_allocated()
+        for kind in (("stream", "seeded") if i % 2 else ("seeded", "stream")):      # alternate the order
+            t = time.perf_counter_ns()
+            runner.run(tick_noise_seed(0, i) if kind == "seeded" else None)
+            if i >= warm:
+                wall[kind].append((time.perf_counter_ns() - t) / 1e6)
+        if time.monotonic() > deadline and len(wall["seeded"]) >= 3:
+            break
+    growth = torch.cuda.memory_allocated() - allocated if allocated is not None else None
+    first = runner.run(12345).actions.copy()
+    reproducible = bool(np.array_equal(runner.run(12345).actions, first))
+    stream, seeded = np.asarray(wall["stream"]), np.asarray(wall["seeded"])
+    return {"preset": preset, "model_type": lm.info.model_type, "device": args.device,
+            "dtype": str(dtype).replace("torch.", ""), "cuda_graph": runner.graph is not None, "n": len(seeded),
+            "stream": _stats(wall["stream"]), "seeded": _stats(wall["seeded"]),
+            "cost_us": {"p50": float((np.median(seeded) - np.median(stream)) * 1e3),
+                        "mean": float((seeded.mean() - stream.mean()) * 1e3)},
+            "reproducible": reproducible, "allocated_growth_bytes": growth}
+
+
 def _env_pairs(items: list[str]) -> dict:
     pairs = dict(item.split("=", 1) for item in items if "=" in item)
     if len(pairs) != len(items):
@@ -198,6 +248,8 @@ def main(argv=None) -> int:
                     help="how our runner times its stages (shm_vla/model/runner.py)")
     ap.add_argument("--compare-stage-timing", default="", metavar="MODES",
                     help="instead of the seed comparison: the cost of each stage timing (e.g. events,graphs,off)")
+    ap.add_argument("--compare-noise-seed", action="store_true",
+                    help="instead of the seed comparison: the cost of seeding each tick's noise (replay)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--vl-load", action="store_true", help="run bench/vl.py on the same device meanwhile")
     ap.add_argument("--vl-load-backbone", default="compact", choices=("compact", "tiny-qwen", "random-qwen-3b"),
@@ -225,6 +277,9 @@ def main(argv=None) -> int:
             if compare:
                 results = [compare_stage_timing(p.strip(), args.model_type, compare, priorities[0], args, Path(d))
                            for p in args.presets.split(",") if p]
+            elif args.compare_noise_seed:
+                results = [compare_noise_seed(p.strip(), args.model_type, priorities[0], args, Path(d))
+                           for p in args.presets.split(",") if p]
             else:
                 results = [bench_preset(p.strip(), args.model_type, prio, args, Path(d))
                            for p in args.presets.split(",") if p for prio in priorities]
@@ -245,7 +300,10 @@ def main(argv=None) -> int:
                 print(f"{r['preset']:<10} stage timing {m['requested']:<7} (in effect {m['stage_timing']}) tick p50 "
                       f"{m['tick']['p50_ms']:8.3f} ms, split p50 {m['split_p50_ms']}, "
                       f"cost vs off {r['cost_vs_off'].get(m['requested'])}")
-        for r in ([] if compare else results):
+        for r in (results if args.compare_noise_seed else []):
+            print(f"{r['preset']:<10} noise seed per tick: p50 {r['seeded']['p50_ms']:8.3f} ms vs own stream "
+                  f"{r['stream']['p50_ms']:8.3f} ms, cost {r['cost_us']} us, reproducible {r['reproducible']}")
+        for r in ([] if compare or args.compare_noise_seed else results):
             o, s = r["ours"], r["seed_style"]
             print(f"{r['preset']:<10} {r['model_type']:<14} {r['device']:<6} ours p50 {o['p50_ms']:8.2f} p99 "
                   f"{o['p99_ms']:8.2f} max {o['max_ms']:8.2f} | seed-style p50 {s['p50_ms']:8.2f} p99 "

@@ -3,10 +3,11 @@
 # 15 minutes of device time in all (the machine's start included) and one command may run 10
 # minutes, so the suite comes in parts ordered by what the issue's targets need first:
 #
-#   bash bench/gpu_suite.sh core    # ~7 min: GPU tests; seed-size tick (one CUDA graph, plain and
-#                                   # torch.compile'd) vs the seed-style tick; what the per-stage times
-#                                   # cost (stage_timing events / graphs / off, ticked in turn, with
-#                                   # the split each gives); VL at Qwen2.5-VL-3B size (batched,
+#   bash bench/gpu_suite.sh core    # ~7 min: GPU tests (replay of a CUDA session included); seed-size
+#                                   # tick (one CUDA graph, plain and torch.compile'd) vs the seed-style
+#                                   # tick; what the per-stage times cost (stage_timing events / graphs /
+#                                   # off, ticked in turn, with the split each gives); what seeding each
+#                                   # tick's noise costs (replay); VL at Qwen2.5-VL-3B size (batched,
 #                                   # batched with transformers' window attention, per-view preprocessing
 #                                   # streams, streams, the seed's reference path); the tick
 #                                   # while that VL model encodes in another process (normal and
@@ -113,11 +114,12 @@ except ImportError:
 print(json.dumps(d))'
 
 if [ "$PART" = core ] || [ "$PART" = smoke ]; then
-  step 120 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/gpu/test_stage_timing_gpu.py \
-    tests/unit/test_model_conformance.py
+  step 150 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/gpu/test_stage_timing_gpu.py \
+    tests/gpu/test_replay_gpu.py tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   step 60 ah_stage_timing $AH --presets $PRESET --iters $N --max-seconds $SECS --stream-priority -1 \
     --compare-stage-timing events,graphs,off
+  step 45 ah_noise_seed $AH --presets $PRESET --iters $N --max-seconds $SECS --stream-priority -1 --compare-noise-seed
   [ "$PART" = core ] && step 120 ah_graph_compiled $AH --presets $PRESET --iters $N --max-seconds $SECS --compile
   step 180 vl_big $VL --backbone $BIG --modes batched,batched-windows,preprocess-streams,streams,reference --iters $NV --max-seconds $VSECS
   step 90 ah_vl_load $AH $LOAD --stream-priority 0,-1

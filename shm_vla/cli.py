@@ -31,6 +31,7 @@ COMMANDS = {
     "stat": ("shm_vla.stat_view", "live counters (same as shm-vla-stat)"),
     "analyze": ("shm_vla.analyze", "postmortem of a session directory or timings file"),
     "recover": ("shm_vla.workers.recover_cli", "finalise sessions cut off by a crash"),
+    "replay": ("shm_vla.replay", "re-run a recorded session's ticks through a checkpoint, offline"),
     "bench": (None, "benchmarks, from a checkout: " + " | ".join(BENCHMARKS)),
 }
 

@@ -117,7 +117,7 @@ class ModelConfig:
     stage_timing: str = "events"       # per-stage tick times: "events" | "graphs" | "off" (model/runner.py)
     act_threads: int = 1               # torch CPU threads of the action process (2 cores: no oversubscription)
     vl_threads: int = 1                # torch CPU threads of the VL process
-    seed: int = 0
+    seed: int = 0                      # the compact backbone's weights; with action_id, each flow tick's noise
 
 
 @dataclass

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import struct
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ import numpy as np
 import rerun as rr
 import rerun.blueprint as rrb
 
-from shm_vla.workers.session_files import ROBOT_CSV_HEADER, iter_json_lines
+from shm_vla.workers.session_files import ROBOT_CSV_HEADER, iter_json_lines, npz_arrays
 from shm_vla.workers.session_stats import (
     FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, VlUpdateFilter, is_action_record, number,
 )
@@ -219,34 +218,6 @@ def _csv_chunks(path: Path, summary: ExportSummary) -> Iterator[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- sensor
-def npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz, memory-mapped where stored uncompressed (the recorder's are:
-    np.savez's layout), so the A-scans of a long session are never all in memory."""
-    out = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
-        for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
-            header_reader = None
-            if info.compress_type == zipfile.ZIP_STORED:
-                f.seek(info.header_offset + 26)           # local header: name and extra lengths
-                name_len, extra_len = struct.unpack("<HH", f.read(4))
-                f.seek(info.header_offset + 30 + name_len + extra_len)
-                version = np.lib.format.read_magic(f)
-                header_reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                                 (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if header_reader is None:                     # compressed or an unknown .npy version
-                with archive.open(info) as member:
-                    out[name] = np.lib.format.read_array(member)
-                continue
-            shape, fortran, dtype = header_reader(f)
-            if math.prod(shape) == 0:
-                out[name] = np.empty(shape, dtype)
-            else:
-                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                                      order="F" if fortran else "C")
-    return out
-
-
 def _sensor(log: _Log, session_dir: Path) -> None:
     for path in sorted(session_dir.glob("sensor_data_*.npz")):
         try:

@@ -94,10 +94,13 @@ TICK_FIELDS = (
     TickField("robot_state", "<f4", (ROBOT_DIMS,)),  # the newest robot state used
     TickField("robot_ts", "<f8"),                    # its origin timestamp (sender clock)
     # the inputs used, by record number (-1: none): a shadow or a replay reads exactly these
-    # (the windows are the sensor_buffer_size / robot_buffer_size records ending there)
-    TickField("vl_record", "<i8"),
-    TickField("sensor_record", "<i8"),
-    TickField("robot_record", "<i8"),
+    # (the windows are the sensor_buffer_size / robot_buffer_size records ending there);
+    # also on the tick lines, after the other extras (what `shm-vla replay` joins on)
+    _line("vl_record", group="extra", unit="", dtype="<i8"),
+    _line("sensor_record", group="extra", unit="", dtype="<i8"),
+    _line("robot_record", group="extra", unit="", dtype="<i8"),
+    # the seed of a flow head's initial noise (-1: none): tick_noise_seed below
+    _line("noise_seed", group="extra", unit="", dtype="<i8"),
 )
 
 
@@ -127,3 +130,18 @@ def stat_gauge(ring: str) -> str:
 # The deployed stage fields -> the line key of their own measurement (same ring field).
 MEASURED_FIELDS = {f.line: g.line for f in TICK_FIELDS if f.group == "deployed" and f.ring
                    for g in TICK_FIELDS if g.group == "extra" and g.ring == f.ring}
+
+
+# torch's CPU generator (mt19937, where TickRunner draws the noise) keeps only the low 32 bits
+# of a seed: noise seeds are 32-bit
+NOISE_SEED_MASK = 0xFFFF_FFFF
+_SEED_MIX = 0x9E37_79B1          # 2^32 / golden ratio: spreads model.seed over the 32 bits
+
+
+def tick_noise_seed(model_seed: int, action_id: int) -> int:
+    """The seed of a flow tick's initial noise (TickRunner.run(noise_seed)): a function of
+    (model.seed, action_id) alone, recorded with the tick, so that the noise can be drawn
+    again offline (`shm-vla replay`) or by another reader of the same tick. Consecutive
+    ticks get consecutive seeds; the generator's seeding scrambles them, so their noise is
+    unrelated. A seed repeats after 2^32 ticks (13 years at 10 Hz)."""
+    return (int(model_seed) * _SEED_MIX + int(action_id)) & NOISE_SEED_MASK

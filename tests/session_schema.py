@@ -85,6 +85,7 @@ class SessionSchema:
         self.robot_state = t["results-robot_state"]
         self.robot_csv = t["robot-csv"]
         self.sensor_npz = t["sensor-npz"]
+        self.vl_npz = t["vl-features-npz"]
         self.summary = t["summary"]
         self.deployed = deployed
 
@@ -165,7 +166,10 @@ def check_session(root: Path, window_s: tuple[float, float], schema: SessionSche
     if (root / f"robot_state_{stamp}.csv").exists():
         _check_robot_csv(c, schema, root / f"robot_state_{stamp}.csv")
     if (root / f"sensor_data_{stamp}.npz").exists():
-        _check_sensor_npz(c, schema, root / f"sensor_data_{stamp}.npz")
+        _check_npz(c, schema.sensor_npz, root / f"sensor_data_{stamp}.npz")
+    if (root / f"vl_features_{stamp}.npz").exists():
+        _check_npz(c, schema.vl_npz, root / f"vl_features_{stamp}.npz")
+        _check_replay_inputs(c, root, stamp, actions, vls)
     c.assert_ok()
     return {"timings": timings, "actions": actions, "vl": vls, "held": held, "results": results}
 
@@ -254,13 +258,13 @@ def _check_robot_csv(c: Checker, schema: SessionSchema, path: Path) -> None:
                 c.epoch(v, TO_S[f.unit], f"{path.name} line {i}: {f.name}")
 
 
-def _check_sensor_npz(c: Checker, schema: SessionSchema, path: Path) -> None:
+def _check_npz(c: Checker, table: list[Field], path: Path) -> None:
     with np.load(path) as data:
-        if sorted(data.files) != sorted(f.name for f in schema.sensor_npz):
+        if sorted(data.files) != sorted(f.name for f in table):
             c.error(f"{path.name}: arrays {sorted(data.files)}")
             return
         lengths = set()
-        for f in schema.sensor_npz:
+        for f in table:
             dtype, dims = re.fullmatch(r"(\w+)\[([\w, ]+)\]", f.type).groups()
             array = data[f.name]
             if array.dtype != np.dtype(dtype) or array.ndim != len(dims.split(",")):
@@ -270,3 +274,23 @@ def _check_sensor_npz(c: Checker, schema: SessionSchema, path: Path) -> None:
                 c.epoch([float(array.min()), float(array.max())], TO_S[f.unit], f"{path.name}: {f.name}")
         if len(lengths) != 1:
             c.error(f"{path.name}: arrays of different lengths {lengths}")
+
+
+def _check_replay_inputs(c: Checker, root: Path, stamp: str, actions: list[dict], vls: list[dict]) -> None:
+    """--save-data: every tick that ran finds its inputs in the session (what shm-vla replay
+    reads): its VL feature by vl_record, its sensor and robot windows by ring record number."""
+    with np.load(root / f"vl_features_{stamp}.npz") as vl, np.load(root / f"sensor_data_{stamp}.npz") as sensor:
+        vl_records, sensor_records = set(vl["records"].tolist()), set(sensor["records"].tolist())
+        if vl["updates"].tolist() != [v["vl_update_number"] for v in vls]:
+            c.error("vl_features updates differ from the VL update lines")
+    with open(root / f"robot_state_{stamp}.csv", newline="") as f:
+        robot_records = {int(row[-1]) for row in list(csv.reader(f))[1:]}
+    for t in actions:
+        where = f"tick {t['action_id']}"
+        if t["vl_record"] not in vl_records:
+            c.error(f"{where}: vl_record {t['vl_record']} not in vl_features")
+        for name, records in (("sensor", sensor_records), ("robot", robot_records)):
+            newest, rows = t[f"{name}_record"], t[f"{name}_buffer_size"]
+            missing = set(range(newest - rows + 1, newest + 1)) - records
+            if rows < 1 or missing:
+                c.error(f"{where}: {name} window of {rows} records ending at {newest}: {len(missing)} not recorded")

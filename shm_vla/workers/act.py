@@ -9,7 +9,9 @@ missed one counted and skipped, never caught up in a burst):
   2. gate: no command if any input is missing or stale by capture time (the whole window,
      not only its newest record; see gate.py), or (after inference) if the output is not
      finite; the reason is recorded, counted and logged at a bounded rate;
-  3. run the head; clamp the first action's first 6 values per axis;
+  3. run the head (a flow head from the tick's seeded noise: tick.tick_noise_seed,
+     recorded with the tick, so that `shm-vla replay` re-runs it exactly); clamp the first
+     action's first 6 values per axis;
   4. send {"cmd": "dpose"} without blocking (a full queue or absent robot is counted);
   5. publish the whole result, timings and input ages to the results ring.
 """
@@ -124,7 +126,7 @@ class ActWorker:
         self._blank["actions"] = np.nan
         self._blank["delta"] = np.nan
         self._blank["dp"] = np.nan
-        for used in ("vl_record", "sensor_record", "robot_record"):
+        for used in ("vl_record", "sensor_record", "robot_record", "noise_seed"):
             self._blank[used] = -1                         # no input read (yet) this tick
         for stage in STAGE_FIELDS:                       # a held tick ran no stage: not measured, not 0
             self._blank[stage] = np.nan
@@ -235,7 +237,10 @@ class ActWorker:
         if not (np.isfinite(self.runner.vl_in).all() and np.isfinite(self.runner.sensor_in).all()
                 and np.isfinite(self.runner.robot_in).all()):
             return "nonfinite_input"
-        res = self.runner.run()
+        noise_seed = None
+        if self.runner.is_flow:
+            noise_seed = rec["noise_seed"] = tick.tick_noise_seed(self.cfg.model.seed, self.action_id)
+        res = self.runner.run(noise_seed)
         rec["actions"] = res.actions
         rec["has_delta"] = res.delta is not None
         if res.delta is not None:

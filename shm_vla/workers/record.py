@@ -4,6 +4,8 @@ Consumes the results and vl_feature rings with since() (it loses nothing while i
 up; overwritten records are counted as lost and written into the summary), and with
 --save-data also the jpeg, robot and sensor rings. Files are streamed by SessionWriter
 and finalised when the process stops (SIGINT/SIGTERM end the loop, then a last drain).
+With --save-data the session can be replayed (`shm-vla replay`): the VL features and the
+ring record numbers of the robot and sensor records are saved too, and the configuration.
 
 Restarts keep one record per run (session_state.py): every `record.flush_every` records
 the recorder checkpoints its cursors; a recorder restarted within the same run (same
@@ -162,6 +164,12 @@ class Recorder:
                 "vl_update_time": float(r["encode_ms"]), "view_skew_ms": float(r["skew_ms"]),
                 "capture_timestamps": r["capture_ts"].tolist()})
             self.vl_written.inc()
+        if self.writer.save_data:
+            self._vl_features(out, meta)
+
+    def _vl_features(self, out, meta) -> None:
+        """--save-data: the features themselves, by ring record number (what ticks name)."""
+        self.writer.write_vl_features(meta["record"], out["update"], out["feature"], out["capture_ts"])
 
     def _jpeg(self, view: int):
         def handle(out, meta):
@@ -178,11 +186,12 @@ class Recorder:
         rows[:, 2] = meta["send_ts"]
         rows[:, 3] = meta["force"]
         rows[:, 4:] = out
-        self.writer.write_robot_rows(rows)
+        self.writer.write_robot_rows(rows, meta["record"])
         self.robot_rows.inc(len(out))
 
     def _sensor(self, out, meta) -> None:
-        self.writer.write_sensor_records(meta["src_ts"], meta["send_ts"], out[:, self.fcol], out[:, self.acols])
+        self.writer.write_sensor_records(meta["src_ts"], meta["send_ts"], out[:, self.fcol], out[:, self.acols],
+                                         meta["record"])
         self.sensor_records.inc(len(out))
 
     # ---- loop
@@ -263,7 +272,21 @@ def open_session(rt: Runtime, out_dir: str, save_data: bool, results: Ring) -> t
     else:
         writer = SessionWriter(out_dir, state=SessionState(cfg.instance, run_id, cursors=plan.cursors),
                                group=cfg.record.group, **options)
+    writer.write_config(session_config(cfg))
     return writer, plan.cursors, plan.finalise
+
+
+def session_config(cfg) -> dict:
+    """What the session is recorded with: the whole configuration (the model settings a
+    replay needs: steps, solver, horizon, dtype, device, threads, seed, windows) and the
+    identity of the checkpoint file (path, size, modification time)."""
+    ckpt = {"path": cfg.model.checkpoint}
+    try:
+        st = os.stat(cfg.model.checkpoint)
+        ckpt.update(size_bytes=st.st_size, mtime_ns=st.st_mtime_ns)
+    except OSError as exc:
+        ckpt["error"] = str(exc)
+    return {"config": configmod.to_dict(cfg), "checkpoint_file": ckpt}
 
 
 def finalise_in_background(rt: Runtime, sessions: list) -> threading.Thread | None:

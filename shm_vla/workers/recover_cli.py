@@ -42,6 +42,8 @@ def _line(report: dict) -> str:
         done.append(f"{report['removed_tmp']} half-written file(s) removed")
     if report["sensor_records"] is not None:
         done.append(f"{report['sensor_records']} sensor records assembled")
+    if report.get("vl_features") is not None:
+        done.append(f"{report['vl_features']} VL features assembled")
     return f"finalised {report['session']}: " + "; ".join(done)
 
 

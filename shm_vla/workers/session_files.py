@@ -6,15 +6,19 @@ finalises the files that are assembled from streamed parts (inference_results .j
 sensor_data .npz, performance_summary .json); ``recover(session_dir)`` does the same
 for a session left by a crash. For the recorder, the writer also keeps a checkpoint
 (``checkpoint()``) from which ``SessionWriter.resume`` continues a session cut off by a
-crash, with no record twice (session_state.py). Library code only: no processes, no
-shared memory.
+crash, with no record twice (session_state.py). With save_data the session also holds
+what `shm-vla replay` needs to re-run every tick's head (the VL features, the ring record
+number of every robot and sensor record, the configuration: docs/SESSION_FILES.md).
+Library code only: no processes, no shared memory.
 """
 from __future__ import annotations
 
 import contextlib
 import grp
 import json
+import math
 import os
+import struct
 import time
 import zipfile
 from dataclasses import dataclass
@@ -38,12 +42,24 @@ ROBOT_CSV_HEADER = (
     + [f"joint_{i}" for i in range(1, 7)]
     + ["pose_x", "pose_y", "pose_z", "pose_a", "pose_b", "pose_r"]
 )
+# After the deployed columns: the record's number in the robot ring (what a tick's robot_record
+# names), so that a replay finds the window each tick used; -1 where it is not known.
+ROBOT_CSV_ADDED = ["ring_record"]
+NO_RECORD = -1
 # Sensor arrays streamed as raw little-endian rows: name -> dtype (row shape set by the first write).
 SENSOR_ARRAYS = {
     "timestamps": "<f8",
     "send_timestamps": "<f8",
     "forces": "<f4",
     "alines": "<f4",
+    "records": "<i8",          # ours: the record's number in the sensor ring (-1: not known)
+}
+# The VL features (save_data; what `shm-vla replay` feeds the heads), one row per VL update.
+VL_ARRAYS = {
+    "records": "<i8",          # the record's number in the vl_feature ring (a tick's vl_record)
+    "updates": "<i8",          # its vl_update_number
+    "features": "<f4",         # the feature (N, V)
+    "capture_timestamps": "<f8",   # each view's capture time (N, 5): names the frames encoded
 }
 COPY_CHUNK_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
@@ -100,6 +116,23 @@ class SessionPaths:
     def sensor_parts(self) -> Path:
         """Folder of the raw streamed sensor arrays, assembled into the .npz at close."""
         return self._file("sensor_data", ".parts")
+
+    @property
+    def vl_npz(self) -> Path:
+        return self._file("vl_features", ".npz")
+
+    @property
+    def vl_parts(self) -> Path:
+        return self._file("vl_features", ".parts")
+
+    @property
+    def config(self) -> Path:
+        """The configuration the session was recorded with (what a replay needs)."""
+        return self._file("session_config", ".json")
+
+    def assembled(self) -> tuple[tuple[Path, Path], ...]:
+        """(parts folder, .npz) of every array file assembled at close."""
+        return (self.sensor_parts, self.sensor_npz), (self.vl_parts, self.vl_npz)
 
     @classmethod
     def of_dir(cls, root: str | os.PathLike) -> "SessionPaths":
@@ -262,16 +295,17 @@ class _LineFile:
             self._file.close()
 
 
-class _SensorParts:
-    """Raw row files, one per sensor array, appended in place; assembled into the .npz later.
-
-    A crash can tear the last row of some files; assembly keeps the rows complete in all.
+class _ArrayParts:
+    """Raw row files, one per array (``dtypes``: name -> dtype), appended in place; assembled
+    into the .npz later. A crash can tear the last row of some files; assembly keeps the rows
+    complete in all.
     """
 
     MANIFEST = "manifest.json"
 
-    def __init__(self, folder: Path, flush_every: int) -> None:
+    def __init__(self, folder: Path, flush_every: int, dtypes: dict) -> None:
         self.folder = folder
+        self.dtypes = dtypes
         self._flush_every = flush_every
         self._pending = 0
         self._files: dict[str, Any] = {}
@@ -281,21 +315,22 @@ class _SensorParts:
     def _open(self, arrays: dict[str, np.ndarray]) -> None:
         self.folder.mkdir(exist_ok=True)
         self._row_shapes = {name: tuple(a.shape[1:]) for name, a in arrays.items()}
-        manifest = {name: {"dtype": SENSOR_ARRAYS[name], "row_shape": list(shape)}
+        manifest = {name: {"dtype": self.dtypes[name], "row_shape": list(shape)}
                     for name, shape in self._row_shapes.items()}
         write_json_atomic(self.folder / self.MANIFEST, manifest)
-        self._files = {name: open(self.folder / f"{name}.bin", "ab") for name in SENSOR_ARRAYS}
+        self._files = {name: open(self.folder / f"{name}.bin", "ab") for name in self.dtypes}
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         rows = {len(a) for a in arrays.values()}
         if len(rows) != 1:
-            raise ValueError(f"sensor arrays differ in length: { {k: len(a) for k, a in arrays.items()} }")
+            raise ValueError(f"arrays differ in length: { {k: len(a) for k, a in arrays.items()} }")
         if not self._files:
             self._open(arrays)
         for name, array in arrays.items():
             if tuple(array.shape[1:]) != self._row_shapes[name]:
-                raise ValueError(f"sensor {name}: row shape {array.shape[1:]}, expected {self._row_shapes[name]}")
-            self._files[name].write(np.ascontiguousarray(array, dtype=SENSOR_ARRAYS[name]).tobytes())
+                raise ValueError(f"{self.folder.name} {name}: row shape {array.shape[1:]}, "
+                                 f"expected {self._row_shapes[name]}")
+            self._files[name].write(np.ascontiguousarray(array, dtype=self.dtypes[name]).tobytes())
         self.rows += rows.pop()
         self._pending += 1
         if self._pending >= self._flush_every:
@@ -318,23 +353,19 @@ class _SensorParts:
                 f.close()
 
 
-def assemble_sensor_npz(parts: Path, npz: Path) -> int:
+def assemble_npz(parts: Path, npz: Path) -> int:
     """Write the .npz from the raw parts (chunked copy, bounded memory); returns its row count.
 
     The parts folder is removed once the .npz is in place.
     """
-    manifest_path = parts / _SensorParts.MANIFEST
+    manifest_path = parts / _ArrayParts.MANIFEST
     if not manifest_path.exists():
         # No manifest: nothing was written yet, or an earlier assembly finished and was
         # removing the folder (the manifest goes first) - either way no data is here.
         _remove_parts(parts)
         return 0
     manifest = json.loads(manifest_path.read_text())
-    row_bytes = {name: np.dtype(m["dtype"]).itemsize * int(np.prod(m["row_shape"], dtype=np.int64))
-                 for name, m in manifest.items()}
-    sizes = {name: (parts / f"{name}.bin").stat().st_size if (parts / f"{name}.bin").exists() else 0
-             for name in manifest}
-    rows = min(sizes[name] // row_bytes[name] for name in manifest)
+    rows, row_bytes = _complete_rows(parts, manifest)
     tmp = npz.with_name(npz.name + TMP_SUFFIX)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, meta in manifest.items():
@@ -351,11 +382,36 @@ def assemble_sensor_npz(parts: Path, npz: Path) -> int:
     return rows
 
 
+def _complete_rows(parts: Path, manifest: dict) -> tuple[int, dict]:
+    """(rows complete in every array file, bytes of a row of each array)."""
+    row_bytes = {name: np.dtype(m["dtype"]).itemsize * int(np.prod(m["row_shape"], dtype=np.int64))
+                 for name, m in manifest.items()}
+    sizes = {name: (parts / f"{name}.bin").stat().st_size if (parts / f"{name}.bin").exists() else 0
+             for name in manifest}
+    return min(sizes[name] // row_bytes[name] for name in manifest), row_bytes
+
+
+def parts_arrays(parts: Path) -> dict[str, np.ndarray]:
+    """The arrays of a parts folder not assembled yet (a session being recorded, or cut off
+    and not finalised), memory-mapped: the rows complete in every array; {} without data."""
+    try:
+        manifest = json.loads((parts / _ArrayParts.MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    rows, _ = _complete_rows(parts, manifest)
+    out = {}
+    for name, meta in manifest.items():
+        shape = (rows, *meta["row_shape"])
+        out[name] = (np.memmap(parts / f"{name}.bin", dtype=meta["dtype"], mode="r", shape=shape) if rows
+                     else np.empty(shape, meta["dtype"]))
+    return out
+
+
 def _remove_parts(parts: Path) -> None:
     """Remove the parts folder, manifest first, so a crash here never looks like data."""
     if not parts.is_dir():
         return
-    (parts / _SensorParts.MANIFEST).unlink(missing_ok=True)
+    (parts / _ArrayParts.MANIFEST).unlink(missing_ok=True)
     for child in parts.iterdir():
         child.unlink()
     parts.rmdir()
@@ -368,6 +424,44 @@ def _copy_bytes(source, target, n_bytes: int) -> None:
             raise OSError(f"{source.name}: ended {n_bytes} bytes early")
         target.write(chunk)
         n_bytes -= len(chunk)
+
+
+def _record_numbers(records: Any, n: int) -> np.ndarray:
+    """Ring record numbers (N,) int64; None: not known (-1)."""
+    if records is None:
+        return np.full(n, NO_RECORD, np.int64)
+    numbers = np.asarray(records, dtype=np.int64).reshape(-1)
+    if len(numbers) != n:
+        raise ValueError(f"{len(numbers)} record numbers for {n} rows")
+    return numbers
+
+
+def npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, memory-mapped where stored uncompressed (the recorder's are:
+    np.savez's layout), so the A-scans of a long session are never all in memory."""
+    out = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            header_reader = None
+            if info.compress_type == zipfile.ZIP_STORED:
+                f.seek(info.header_offset + 26)           # local header: name and extra lengths
+                name_len, extra_len = struct.unpack("<HH", f.read(4))
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                header_reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                                 (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if header_reader is None:                     # compressed or an unknown .npy version
+                with archive.open(info) as member:
+                    out[name] = np.lib.format.read_array(member)
+                continue
+            shape, fortran, dtype = header_reader(f)
+            if math.prod(shape) == 0:
+                out[name] = np.empty(shape, dtype)
+            else:
+                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                      order="F" if fortran else "C")
+    return out
 
 
 def summary_from_files(paths: SessionPaths) -> SessionSummary:
@@ -472,12 +566,15 @@ class SessionWriter:
         self._held = _LineFile(self.paths.held, flush_every)
         self._results = _LineFile(self.paths.results_jsonl, flush_every)
         self._robot: _LineFile | None = None
-        self._sensor: _SensorParts | None = None
+        self._sensor: _ArrayParts | None = None
+        self._vl_features: _ArrayParts | None = None
         if save_data:
             for view in self.views:
                 (self.paths.root / view).mkdir(exist_ok=True)
-            self._robot = _LineFile(self.paths.robot_csv, flush_every, header=",".join(ROBOT_CSV_HEADER))
-            self._sensor = _SensorParts(self.paths.sensor_parts, flush_every)
+            self._robot = _LineFile(self.paths.robot_csv, flush_every,
+                                    header=",".join(ROBOT_CSV_HEADER + ROBOT_CSV_ADDED))
+            self._sensor = _ArrayParts(self.paths.sensor_parts, flush_every, SENSOR_ARRAYS)
+            self._vl_features = _ArrayParts(self.paths.vl_parts, flush_every, VL_ARRAYS)
 
     @property
     def path(self) -> Path:
@@ -558,27 +655,51 @@ class SessionWriter:
         self.frames_written += 1
         return path
 
-    def write_robot_rows(self, rows: Any) -> None:
-        """N x 16 float64 rows in ROBOT_CSV_HEADER order (one row of 16 is accepted too)."""
+    def write_robot_rows(self, rows: Any, records: Any = None) -> None:
+        """N x 16 float64 rows in ROBOT_CSV_HEADER order (one row of 16 is accepted too), and
+        their robot ring record numbers (N,) (None: not known, written as -1)."""
         self._require_data("write_robot_rows")
         array = np.asarray(rows, dtype=np.float64)
         if array.ndim == 1:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != len(ROBOT_CSV_HEADER):
             raise ValueError(f"robot rows must be N x {len(ROBOT_CSV_HEADER)}, got shape {array.shape}")
+        numbers = _record_numbers(records, len(array))
         self._require_open()
-        for row in array.tolist():
-            self._robot.write_line(",".join(map(repr, row)))
+        for row, record in zip(array.tolist(), numbers.tolist()):
+            self._robot.write_line(",".join(map(repr, row)) + f",{record}")
 
-    def write_sensor_records(self, timestamps: Any, send_timestamps: Any, forces: Any, alines: Any) -> None:
-        """N sensor records: timestamps (N,), send_timestamps (N,), forces (N,), alines (N, L)."""
+    def write_sensor_records(self, timestamps: Any, send_timestamps: Any, forces: Any, alines: Any,
+                             records: Any = None) -> None:
+        """N sensor records: timestamps (N,), send_timestamps (N,), forces (N,), alines (N, L),
+        and their sensor ring record numbers (N,) (None: not known, written as -1)."""
         self._require_data("write_sensor_records")
         arrays = {"timestamps": np.asarray(timestamps), "send_timestamps": np.asarray(send_timestamps),
                   "forces": np.asarray(forces), "alines": np.asarray(alines)}
         if arrays["alines"].ndim != 2:
             raise ValueError(f"alines must be N x L, got shape {arrays['alines'].shape}")
+        arrays["records"] = _record_numbers(records, len(arrays["alines"]))
         self._require_open()
         self._sensor.append(arrays)
+
+    def write_vl_features(self, records: Any, updates: Any, features: Any, capture_timestamps: Any) -> None:
+        """N VL updates: their vl_feature ring record numbers (N,), update numbers (N,),
+        features (N, V) and view capture times (N, views), for `shm-vla replay`."""
+        self._require_data("write_vl_features")
+        arrays = {"records": np.asarray(records), "updates": np.asarray(updates),
+                  "features": np.asarray(features), "capture_timestamps": np.asarray(capture_timestamps)}
+        if arrays["features"].ndim != 2 or arrays["capture_timestamps"].ndim != 2:
+            raise ValueError(f"features and capture_timestamps must be N x V and N x views, got shapes "
+                             f"{arrays['features'].shape}, {arrays['capture_timestamps'].shape}")
+        self._require_open()
+        self._vl_features.append(arrays)
+
+    def write_config(self, config: dict) -> None:
+        """The configuration the session is recorded with (session_config_<stamp>.json), once:
+        a continued session keeps the file of its start."""
+        self._require_open()
+        if not self.paths.config.exists():
+            write_json_atomic(self.paths.config, config)
 
     def note_lost(self, n: int) -> None:
         """Records the recorder lost (overwritten in the results ring before it read them)."""
@@ -592,7 +713,8 @@ class SessionWriter:
             stream.flush()
 
     def _streams(self) -> list:
-        return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor) if s is not None]
+        return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor, self._vl_features)
+                if s is not None]
 
     # ---- checkpoint (session_state.py)
     def checkpoint(self, cursors: dict) -> None:
@@ -611,7 +733,7 @@ class SessionWriter:
         state.phase, state.pid = phase, os.getpid()
         if phase != "closed":            # finalising removes the sensor parts: keep the last sizes
             files = [s.path for s in (self._timings, self._held, self._results, self._robot) if s is not None]
-            files += self._sensor.paths() if self._sensor is not None else []
+            files += [path for parts in (self._sensor, self._vl_features) if parts is not None for path in parts.paths()]
             state.sizes = {str(path.relative_to(self.paths.root)): path.stat().st_size for path in files}
         state.results_written = self.summary.result_records
         state.lost = self.summary.lost_records
@@ -636,8 +758,9 @@ class SessionWriter:
                     self._state.cursors = {name: int(n) for name, n in cursors.items()}
                 self._save_state("closing", durable=True)
             write_results_json(self.paths.results_jsonl, self.paths.results_json)
-            if self._sensor is not None:
-                assemble_sensor_npz(self.paths.sensor_parts, self.paths.sensor_npz)
+            if self.save_data:
+                for parts, npz in self.paths.assembled():
+                    assemble_npz(parts, npz)
             self._summary_dict = self.summary.to_dict()
             write_json_atomic(self.paths.summary, self._summary_dict)
             if self._state is not None:
@@ -660,10 +783,11 @@ def _cut_to_checkpoint(paths: SessionPaths, state: SessionState) -> None:
     for rel, size in state.sizes.items():
         with open(paths.root / rel, "r+b") as f:
             f.truncate(int(size))
-    if paths.sensor_parts.is_dir():     # an array file opened after the checkpoint holds only later rows
-        for part in paths.sensor_parts.glob("*.bin"):
-            if str(part.relative_to(paths.root)) not in state.sizes:
-                part.write_bytes(b"")
+    for folder, _ in paths.assembled():
+        if folder.is_dir():             # an array file opened after the checkpoint holds only later rows
+            for part in folder.glob("*.bin"):
+                if str(part.relative_to(paths.root)) not in state.sizes:
+                    part.write_bytes(b"")
     _remove_tmp(paths.root)
 
 
@@ -699,8 +823,10 @@ def _recover(paths: SessionPaths) -> dict:
         if trim_partial_line(path):
             report["trimmed"].append(path.name)
     report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
-    report["sensor_records"] = (assemble_sensor_npz(paths.sensor_parts, paths.sensor_npz)
+    report["sensor_records"] = (assemble_npz(paths.sensor_parts, paths.sensor_npz)
                                 if paths.sensor_parts.exists() else None)
+    if paths.vl_parts.exists():
+        report["vl_features"] = assemble_npz(paths.vl_parts, paths.vl_npz)
     report["removed_tmp"] = _remove_tmp(paths.root)
     state = read_state(paths.root)
     report["summary_written"] = not paths.summary.exists()

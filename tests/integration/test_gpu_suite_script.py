@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CORE_STEPS = ["env", "gpu-tests", "ah_graph", "ah_stage_timing", "vl_big", "ah_vl_load"]
+CORE_STEPS = ["env", "gpu-tests", "ah_graph", "ah_stage_timing", "ah_noise_seed", "vl_big", "ah_vl_load"]
 
 
 def _suite(tmp_path: Path, part: str, budget: int | None = None, timeout: float = 280) -> list[dict]:
@@ -46,6 +46,9 @@ def test_smoke_part_runs_every_core_step(tmp_path):
     assert all(m["tick"]["n"] > 0 for m in timing["modes"]) and timing["stream_priority"] == -1
     assert timing["modes"][0]["split_p50_ms"]["action"] > 0 and timing["modes"][2]["split_p50_ms"] is None
     assert set(timing["cost_vs_off"]) == {"events", "graphs"}
+    seeded = steps["ah_noise_seed"]["result"]["results"][0]        # what seeding each tick's noise costs
+    assert seeded["reproducible"] and seeded["seeded"]["n"] > 0 and seeded["stream"]["n"] > 0
+    assert set(seeded["cost_us"]) == {"p50", "mean"}
     load = steps["ah_vl_load"]["result"]
     assert load["vl_load"] == "tiny-qwen"
     assert [r["stream_priority"] for r in load["results"]] == [0, -1]

@@ -48,8 +48,10 @@ while i < total:
         writer.write_timing(record)
         if i % 7:
             writer.write_result({"timestamp": 1e9 + i, "i": i})
-        writer.write_robot_rows(np.full(16, float(i)))
-        writer.write_sensor_records([float(i)], [float(i)], [0.5], np.full((1, 8), float(i)))
+        writer.write_robot_rows(np.full(16, float(i)), [i])
+        writer.write_sensor_records([float(i)], [float(i)], [0.5], np.full((1, 8), float(i)), [i])
+        if i % 4 == 0:                     # a VL update every 4 ticks (replay's features)
+            writer.write_vl_features([i // 4], [i // 4 + 1], np.full((1, 16), float(i), np.float32), np.zeros((1, 5)))
         writer.write_frame("View1", "cam", float(i), b"\\xff\\xd8" + bytes(200))
         i += 1
     writer.checkpoint({"results": i})
@@ -88,17 +90,26 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
     sessions = find_sessions(tmp_path, "inst")
     assert all(state.phase == "closed" for _, state in sessions)
     ids, results, robot, sensor, summaries = [], [], [], [], []
+    robot_records, sensor_records, vl_records = [], [], []
     for root, _ in sessions:
         ticks = _lines(next(root.glob("performance_timings_*.jsonl"))) + _lines(next(root.glob("held_ticks_*.jsonl")))
         ids += sorted(t["action_id"] for t in ticks)
         results += [r["i"] for r in json.loads(next(root.glob("inference_results_*.json")).read_text())]
-        robot += np.loadtxt(next(root.glob("robot_state_*.csv")), delimiter=",", skiprows=1, ndmin=2)[:, 0].tolist()
+        rows = np.loadtxt(next(root.glob("robot_state_*.csv")), delimiter=",", skiprows=1, ndmin=2)
+        robot += rows[:, 0].tolist()
+        robot_records += rows[:, -1].astype(int).tolist()
         with np.load(next(root.glob("sensor_data_*.npz"))) as data:
             sensor += data["timestamps"].tolist()
+            sensor_records += data["records"].tolist()
+        with np.load(next(root.glob("vl_features_*.npz"))) as data:
+            vl_records += data["records"].tolist()
+            assert (data["features"][:, 0] == data["records"] * 4).all()     # each row whole, with its number
         summaries.append(json.loads(next(root.glob("performance_summary_*.json")).read_text()))
     assert ids == list(range(TOTAL))
     assert results == [i for i in range(TOTAL) if i % 7]
     assert robot == sensor == list(range(TOTAL))
+    assert robot_records == sensor_records == list(range(TOTAL))          # ring record numbers: each once
+    assert vl_records == list(range(TOTAL // 4))
     assert sum(s["total_actions"] + s["recorder"]["held_written"] for s in summaries) == TOTAL
     assert sum(s["holds"]["total"] for s in summaries) == len(range(0, TOTAL, 7))
     assert sum(s["recorder"]["results_written"] for s in summaries) == len(results)
@@ -125,6 +136,7 @@ def test_recover_command_finalises_a_cut_off_session_and_leaves_a_live_one_alone
     done = _recover_cli(str(tmp_path))           # a folder of sessions: each unfinished one
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"finalised {root}") and "summary written" in done.stdout
+    assert "VL features assembled" in done.stdout and list(root.glob("vl_features_*.npz"))
     timings = _lines(next(root.glob("performance_timings_*.jsonl")))
     held = _lines(next(root.glob("held_ticks_*.jsonl")))
     summary = json.loads(next(root.glob("performance_summary_*.json")).read_text())

@@ -19,7 +19,7 @@ from shm_vla import analyze
 from shm_vla.shm.ring import META_DTYPE
 from shm_vla.streams import HOLD_REASONS, results_dtype, vl_dtype
 from shm_vla.workers.record import Recorder
-from shm_vla.workers.session_files import ROBOT_CSV_HEADER, SENSOR_ARRAYS, SessionWriter
+from shm_vla.workers.session_files import ROBOT_CSV_ADDED, ROBOT_CSV_HEADER, SENSOR_ARRAYS, VL_ARRAYS, SessionWriter
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ADDED_ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, MEASURED_FIELDS, VL_EXTRA_FIELDS,
     SessionSummary,
@@ -36,9 +36,10 @@ def test_the_documented_tables_are_the_fields_the_writer_writes():
     assert [f.name for f in tables["held-overrides"] if f.type == "absent"] == list(MEASURED_FIELDS.values())
     assert names["results"][:6] == ["timestamp", "actions", "delta", "inference_time", "vl_update_number",
                                     "robot_state"]                                    # the deployed record
-    assert names["robot-csv"] == ROBOT_CSV_HEADER
-    assert names["sensor-npz"] == list(SENSOR_ARRAYS)
-    assert [f.type.split("[")[0] for f in tables["sensor-npz"]] == [np.dtype(d).name for d in SENSOR_ARRAYS.values()]
+    assert names["robot-csv"] == ROBOT_CSV_HEADER + ROBOT_CSV_ADDED        # the deployed columns, then ours
+    for table, arrays in (("sensor-npz", SENSOR_ARRAYS), ("vl-features-npz", VL_ARRAYS)):
+        assert names[table] == list(arrays)
+        assert [f.type.split("[")[0] for f in tables[table]] == [np.dtype(d).name for d in arrays.values()]
     assert names["summary"] == list(SessionSummary().to_dict())
     units = {f.name: f.unit for rows in tables.values() for f in rows}
     assert units["inference_time"] == "s" and units["total_time"] == "ms" and units["vl_update_time"] == "ms"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shm_vla.workers.session_files import (
-    ROBOT_CSV_HEADER, SessionClosedError, SessionPaths, SessionWriter, recover,
+    ROBOT_CSV_ADDED, ROBOT_CSV_HEADER, SessionClosedError, SessionPaths, SessionWriter, parts_arrays, recover,
 )
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, HoldCounter, OTHER_REASON, RunningStats,
@@ -164,25 +164,46 @@ def test_save_data_files(tmp_path):
     alines = np.random.default_rng(0).standard_normal((5, 1025)).astype(np.float32)
     with SessionWriter(tmp_path, stamp=STAMP, save_data=True) as writer:
         frame = writer.write_frame("View3", "44377151", 1_700_000_000.12345, jpeg)
-        writer.write_robot_rows(robot[:2])
-        writer.write_robot_rows(robot[2])
-        writer.write_sensor_records(np.arange(2.0), np.arange(2.0) + 0.5, np.ones(2), alines[:2])
-        writer.write_sensor_records(np.arange(2.0, 5.0), np.arange(2.0, 5.0) + 0.5, np.ones(3), alines[2:])
+        writer.write_robot_rows(robot[:2], [40, 41])
+        writer.write_robot_rows(robot[2])                          # ring record not known: -1
+        writer.write_sensor_records(np.arange(2.0), np.arange(2.0) + 0.5, np.ones(2), alines[:2], [7, 8])
+        writer.write_sensor_records(np.arange(2.0, 5.0), np.arange(2.0, 5.0) + 0.5, np.ones(3), alines[2:],
+                                    np.array([9, 10, 11]))
+        writer.write_vl_features([3, 4], [4, 5], np.ones((2, 16), np.float32), np.zeros((2, 5)))
     assert frame == writer.path / "View3" / "44377151_1700000000.123.jpg"
     assert frame.read_bytes() == jpeg
     assert sorted(p.name for p in writer.path.glob("View*")) == [f"View{i}" for i in range(1, 6)]
     with open(writer.paths.robot_csv) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ROBOT_CSV_HEADER and len(ROBOT_CSV_HEADER) == 16
+    assert rows[0][:16] == ROBOT_CSV_HEADER and len(ROBOT_CSV_HEADER) == 16     # the deployed columns, then ours
+    assert rows[0][16:] == ROBOT_CSV_ADDED == ["ring_record"]
     assert rows[0][:4] == ["recv_timestamp", "origin_timestamp", "send_timestamp", "force_placeholder"]
-    assert np.array(rows[1:], dtype=np.float64).tolist() == robot.tolist()
+    assert np.array([r[:16] for r in rows[1:]], dtype=np.float64).tolist() == robot.tolist()
+    assert [r[16] for r in rows[1:]] == ["40", "41", "-1"]
     with np.load(writer.paths.sensor_npz) as data:
-        assert sorted(data.files) == ["alines", "forces", "send_timestamps", "timestamps"]
+        assert sorted(data.files) == ["alines", "forces", "records", "send_timestamps", "timestamps"]
         assert data["alines"].shape == (5, 1025) and data["alines"].dtype == np.float32
         np.testing.assert_array_equal(data["alines"], alines)
         np.testing.assert_array_equal(data["timestamps"], np.arange(5.0))
         np.testing.assert_array_equal(data["send_timestamps"], np.arange(5.0) + 0.5)
-    assert not writer.paths.sensor_parts.exists()
+        assert data["records"].tolist() == [7, 8, 9, 10, 11] and data["records"].dtype == np.int64
+    with np.load(writer.paths.vl_npz) as data:
+        assert data["records"].tolist() == [3, 4] and data["updates"].tolist() == [4, 5]
+        assert data["features"].shape == (2, 16) and data["capture_timestamps"].shape == (2, 5)
+    assert not writer.paths.sensor_parts.exists() and not writer.paths.vl_parts.exists()
+
+
+def test_parts_are_read_before_assembly_with_complete_rows_only(tmp_path):
+    """A session still being recorded (or cut off): its arrays are readable from the parts."""
+    writer = SessionWriter(tmp_path, stamp=STAMP, save_data=True, flush_every=1)
+    writer.write_vl_features([0, 1, 2], [1, 2, 3], np.arange(48, dtype=np.float32).reshape(3, 16), np.zeros((3, 5)))
+    with open(writer.paths.vl_parts / "features.bin", "ab") as f:
+        f.write(b"\0" * 10)                                         # a row torn by a crash
+    arrays = parts_arrays(writer.paths.vl_parts)
+    assert arrays["records"].tolist() == [0, 1, 2] and arrays["features"].shape == (3, 16)
+    assert arrays["features"][2, 15] == 47
+    assert parts_arrays(tmp_path / "nothing.parts") == {}
+    writer.close()
 
 
 def test_sensor_npz_assembled_across_copy_chunks(tmp_path):

@@ -34,7 +34,7 @@ RUN = {"boot_id": "test", "results_inode": 1}
 plan = plan_session(out, "inst", lambda s: s.run == RUN)
 for root in plan.finalise:
     recover(root)
-options = dict(save_data=True, flush_every=3, views=("View1",))
+options = dict(save_data=True, flush_every=3, views=("View1",), shadow=True)
 if plan.resume is not None:
     writer = SessionWriter.resume(plan.resume, **options)
 else:
@@ -51,8 +51,10 @@ while i < total:
         writer.write_robot_rows(np.full(16, float(i)))
         writer.write_sensor_records([float(i)], [float(i)], [0.5], np.full((1, 8), float(i)))
         writer.write_frame("View1", "cam", float(i), b"\\xff\\xd8" + bytes(200))
+        if i % 3:                          # a shadow line for some ticks (its own ring and cursor)
+            writer.write_shadow({"action_id": i})
         i += 1
-    writer.checkpoint({"results": i})
+    writer.checkpoint({"results": i, "shadow_results": i})
     time.sleep(0.001)
 writer.close({"results": i})
 print("done", flush=True)
@@ -87,7 +89,7 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
 
     sessions = find_sessions(tmp_path, "inst")
     assert all(state.phase == "closed" for _, state in sessions)
-    ids, results, robot, sensor, summaries = [], [], [], [], []
+    ids, results, robot, sensor, summaries, shadow = [], [], [], [], [], []
     for root, _ in sessions:
         ticks = _lines(next(root.glob("performance_timings_*.jsonl"))) + _lines(next(root.glob("held_ticks_*.jsonl")))
         ids += sorted(t["action_id"] for t in ticks)
@@ -96,7 +98,9 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
         with np.load(next(root.glob("sensor_data_*.npz"))) as data:
             sensor += data["timestamps"].tolist()
         summaries.append(json.loads(next(root.glob("performance_summary_*.json")).read_text()))
+        shadow += [line["action_id"] for line in _lines(next(root.glob("shadow_results_*.jsonl")))]
     assert ids == list(range(TOTAL))
+    assert shadow == [i for i in range(TOTAL) if i % 3]
     assert results == [i for i in range(TOTAL) if i % 7]
     assert robot == sensor == list(range(TOTAL))
     assert sum(s["total_actions"] + s["recorder"]["held_written"] for s in summaries) == TOTAL

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,9 @@ def test_a_regression_shadow_of_acts_checkpoint_records_acts_actions_never_comma
         assert statsmod.read_snapshot(instance, "act")["values"]["ticks"] > act_ticks + 10
         restarts = statsmod.read_snapshot(instance, "supervisor")["values"]
         assert restarts["restarts.shadow"] == 1 and restarts["restarts.act"] == 0
+        assert wait_for(lambda: statsmod.read_snapshot(instance, "record")["values"]["shadow_written"]
+                        >= _shadow_ticks(instance), 10)
+        assert statsmod.read_snapshot(instance, "record")["values"]["shadow_lost"] == 0
     finally:
         assert stop(sup, timeout=30) == 0
 
@@ -183,3 +187,26 @@ def test_a_bad_shadow_checkpoint_stops_the_run_before_anything_starts(tmp_path, 
     assert f"shm-vla run: {line.format(path=path)}" in log, log
     assert segmod.instance_segments(instance) == []              # nothing was started
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("async_inference_*"))
+
+
+def test_a_shadow_checkpoint_that_turns_bad_is_given_up_and_the_live_loop_runs_on(tmp_path, instance, checkpoints):
+    """The file is replaced by junk during the run and the shadow dies: its next start is a
+    configuration error (exit 2), not restarted; act keeps commanding."""
+    candidate = tmp_path / "candidate.pt"
+    shutil.copy(checkpoints["flow-other"], candidate)
+    sup, cfg, ports, out = _start(tmp_path, instance, "flow", checkpoints["flow"], candidate)
+    log = out / f"commands_{instance}.jsonl"
+    try:
+        assert wait_for(lambda: _shadow_ticks(instance) > 10, 90), _log(tmp_path)
+        candidate.write_bytes(b"not a checkpoint any more")
+        os.kill(_up(instance, "shadow")["pid"], signal.SIGKILL)
+        assert wait_for(lambda: "shadow exited with a configuration error; not restarting it" in _log(tmp_path),
+                        60), _log(tmp_path)
+        assert "shadow.checkpoint: checkpoint" in _log(tmp_path)
+        n = len(_commands(log))
+        assert wait_for(lambda: len(_commands(log)) > n + 10, 30)           # act commands on
+        assert statsmod.read_snapshot(instance, "supervisor")["values"]["gave_up.shadow"] == 1
+        assert statsmod.read_snapshot(instance, "supervisor")["values"]["restarts.act"] == 0
+    finally:
+        assert stop(sup, timeout=30) == 0
+    _only_acts_commands(out, instance, _session(out))

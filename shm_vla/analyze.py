@@ -51,14 +51,19 @@ class InputError(Exception):
 
 
 # --------------------------------------------------------------------------- finding the file
-def held_file_of(timings_file: Path) -> Path | None:
-    """The held ticks file beside a session's timings file, if there is one."""
+def file_beside(timings_file: Path, stem: str) -> Path | None:
+    """The session file <stem>_<stamp>.jsonl beside a session's timings file, if there is one."""
     name = timings_file.name
     if not name.startswith("performance_timings_"):
         return None
     stamp = name.removeprefix("performance_timings_").rsplit(".", 1)[0]
-    held = timings_file.with_name(f"held_ticks_{stamp}.jsonl")
-    return held if held.is_file() else None
+    path = timings_file.with_name(f"{stem}_{stamp}.jsonl")
+    return path if path.is_file() else None
+
+
+def held_file_of(timings_file: Path) -> Path | None:
+    """The held ticks file beside a session's timings file, if there is one."""
+    return file_beside(timings_file, "held_ticks")
 
 
 def find_timings_file(path: Path) -> tuple[Path, list[str]]:
@@ -243,7 +248,7 @@ def load_session(path: Path) -> Session:
             for record in _iter_json_lines(held_file, held_warnings):
                 builder.add(record, held_file=True)
             warnings += [f"{held_file.name}: {w}" for w in held_warnings]
-        shadow_file = shadow_analysis.shadow_file_of(timings_file)
+        shadow_file = file_beside(timings_file, "shadow_results")
         shadow = shadow_analysis.load(shadow_file) if shadow_file is not None else None
     except OSError as exc:   # unreadable file or folder, a device, permissions
         raise InputError(f"{exc.filename or path}: cannot read: {exc.strerror or exc}") from None

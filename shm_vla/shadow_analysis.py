@@ -36,16 +36,6 @@ class ShadowData:
     warnings: list = field(default_factory=list)
 
 
-def shadow_file_of(timings_file: Path) -> Path | None:
-    """The shadow results file of a session, by its timings file's stamp."""
-    name = timings_file.name
-    if not name.startswith("performance_timings_"):
-        return None
-    stamp = name.removeprefix("performance_timings_").rsplit(".", 1)[0]
-    path = timings_file.with_name(f"shadow_results_{stamp}.jsonl")
-    return path if path.is_file() else None
-
-
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 

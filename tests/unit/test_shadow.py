@@ -133,3 +133,26 @@ def test_analyze_without_a_shadow_has_none_and_the_plot_has_a_shadow_row(tmp_pat
 def test_the_documented_shadow_line_is_what_the_recorder_writes():
     from session_schema import doc_tables
     assert [f.name for f in doc_tables()["shadow"]] == list(S.LINE_FIELDS)   # real files: test_shadow_run.py
+
+
+def test_the_shadow_runner_is_acts_with_the_shadows_device_dtype_priority_and_one_thread(monkeypatch):
+    """make_shadow_runner goes through act's make_runner, with the shadow's settings (TickRunner
+    itself, the hardware boundary here, is only captured: its CUDA path is tests/gpu's)."""
+    import torch
+    import shm_vla.model as model
+    from shm_vla.workers.shadow import make_shadow_runner
+    seen = {}
+    monkeypatch.setattr(model, "TickRunner", lambda loaded, **kw: seen.update(kw) or "runner")
+    threads = torch.get_num_threads()
+    try:
+        cfg = config.load("t", None, ['model.act_device="cuda:0"', 'model.act_dtype="bfloat16"', "model.act_threads=2",
+                                      'shadow.device="cuda:1"'])
+        assert make_shadow_runner(cfg, object()) == "runner"
+        assert (seen["device"], seen["dtype"], seen["stream_priority"]) == ("cuda:1", torch.bfloat16, 0)
+        assert torch.get_num_threads() == 1 and cfg.model.act_threads == 2      # act's config untouched
+        assert seen["flow_steps"] == cfg.model.flow_steps and seen["use_cuda_graph"] == cfg.model.cuda_graph
+        cfg = config.load("t", None, ['model.act_dtype="bfloat16"', 'shadow.dtype="float32"'])
+        make_shadow_runner(cfg, object())
+        assert (seen["device"], seen["dtype"]) == ("cpu", torch.float32)       # act's device, its own dtype
+    finally:
+        torch.set_num_threads(threads)

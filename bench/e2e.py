@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end benchmark (issue 5 item 7): shm-vla against a seed-style threaded receiver.
 
-    bench/e2e.py [--duration S] [--quick] [--json] [--model flow|regression] [--warmup S]
+    bench/e2e.py [--duration S] [--quick] [--json] [--model flow|regression] [--warmup S] [--shadow]
     shm-vla bench e2e ...            (the same script, run from a checkout)
 
 In one run, sequentially, with the same simulators (``shm-vla sim all``: 5 cameras at 5 Hz,
@@ -22,6 +22,12 @@ received in the window; CPU% per process (CPU time / wall time over the window, 
 core; the simulators separately so that they can be excluded); machine load. Ratios are
 baseline / shm-vla. Targets: shm-vla jitter p99 <= 2 ms, sensor age p99 <= 10 ms, and a
 baseline/shm-vla jitter p99 ratio >= 5.
+
+``--shadow`` adds a side ``shm_vla_shadow`` (run after ``shm_vla``, also with ``--only
+shm_vla``): the same pipeline with a shadow (``shadow.checkpoint``: another random tiny
+checkpoint of the same type, seed 1) beside act. It reports the shadow's own figures in the
+window (ticks, misses, skips, head time, how far behind the live tick) and act's tick jitter,
+interval error and latency with and without the shadow (``shadow_effect``: with / without).
 
 Benchmarks report; they assert nothing. Exit code 0 unless a side failed to run.
 """
@@ -129,10 +135,13 @@ class Side:
 
 class ShmVlaSide(Side):
     def start(self):
-        sets = [a for o in self.ctx.overrides for a in ("--set", o)]
+        sets = [a for o in self.ctx.overrides + self.extra_overrides() for a in ("--set", o)]
         argv = C.cli_argv("run", self.ctx.model, *self.common_args(), *sets, "--sim", "--checkpoint",
                           str(self.ctx.checkpoint), "--out", str(self.out))
         return self.procs.start("supervisor", argv)
+
+    def extra_overrides(self) -> list[str]:
+        return []
 
     def vl_counters(self) -> dict | None:
         try:
@@ -151,6 +160,27 @@ class ShmVlaSide(Side):
     def stop(self) -> None:
         super().stop()
         C.remove_instance(self.instance)
+
+
+class ShmVlaShadowSide(ShmVlaSide):
+    """shm-vla with a shadow checkpoint beside act (--shadow)."""
+
+    def extra_overrides(self) -> list[str]:
+        return [f'shadow.checkpoint="{self.ctx.shadow_checkpoint}"']
+
+
+def shadow_in_window(side: Side) -> dict | None:
+    """The shadow's lines whose live tick falls in the window: statuses, skips, head time, delay."""
+    timings = side.timings_file()
+    found = sorted(timings.parent.glob("shadow_results_*.jsonl")) if timings else []
+    if not found or side.window is None:
+        return None
+    lines = [json.loads(line) for line in found[-1].read_text().splitlines() if line.strip()]
+    lines = [line for line in lines if side.window[0] <= line["timestamp"] <= side.window[1]]
+    ms = lambda key: _short(analyze.describe(np.array([x[key] for x in lines if x[key] is not None], float)))  # noqa: E731
+    return {"lines": len(lines), "ok": sum(x["status"] == "ok" for x in lines),
+            "missed": sum(x["status"] != "ok" for x in lines), "skipped": sum(x["skipped"] for x in lines),
+            "inference_ms": ms("inference_ms"), "delay_ms": ms("delay_ms")}
 
 
 class BaselineSide(Side):
@@ -265,6 +295,7 @@ def side_result(side: Side) -> dict:
         "load": side.load,
         "exit_codes": side.exit_codes,
         "warnings": report["warnings"],
+        "shadow": shadow_in_window(side),
     }
 
 
@@ -313,6 +344,16 @@ def targets(shm: dict, r: dict) -> dict:
     }
 
 
+def shadow_effect(plain: dict, shadowed: dict) -> dict:
+    """act's figures without and with a shadow beside it, and with / without."""
+    out = {}
+    for name, key in (("jitter", "jitter_ms"), ("interval_error", "interval_error_ms"), ("latency", "latency_ms")):
+        for stat in ("p50_ms", "p99_ms", "max_ms"):
+            without, with_ = pick(plain[key], stat), pick(shadowed[key], stat)
+            out[f"{name}_{stat}"] = {"without": without, "with": with_, "ratio": C.ratio(with_, without)}
+    return out
+
+
 # --------------------------------------------------------------------------- text
 def render(report: dict) -> str:
     runs = report["runs"]
@@ -335,13 +376,21 @@ def render(report: dict) -> str:
             ("CPU % (excl. sims)", lambda r: C.fmt(r["cpu_total_pct"], 1)),
             ("CPU % sims", lambda r: C.fmt(r["cpu_sims_pct"], 1)),
             ("load1 max", lambda r: C.fmt(r["load"].get("load1_max")))]
-    names = [n for n in ("shm_vla", "baseline") if n in runs]
+    names = [n for n in ("shm_vla", "shm_vla_shadow", "baseline") if n in runs]
     lines.append(f"{'':<22}" + "".join(f"{n:>22}" for n in names))
     for label, get in rows:
         lines.append(f"{label:<22}" + "".join(f"{get(runs[n]):>22}" for n in names))
     for n in names:
         lines.append(f"CPU % per process ({n}): " + ", ".join(
             f"{k} {C.fmt(v, 1)}" for k, v in runs[n]["cpu_pct"].items()))
+    shadow = runs.get("shm_vla_shadow", {}).get("shadow")
+    if shadow:
+        lines.append(f"shadow (window): {shadow['lines']} ticks, {shadow['missed']} missed, {shadow['skipped']} "
+                     f"skipped; head ms p50/p99 {_pair(shadow['inference_ms'])}; behind live ms p50/p99 "
+                     f"{_pair(shadow['delay_ms'])}")
+    if report.get("shadow_effect"):
+        lines.append("act with / without a shadow: " + ", ".join(
+            f"{k} {C.fmt(v['without'])} -> {C.fmt(v['with'])}" for k, v in report["shadow_effect"].items()))
     if report.get("ratios"):
         lines.append("ratios baseline / shm-vla: " + ", ".join(
             f"{k} {C.fmt(v)}" for k, v in report["ratios"].items()))
@@ -370,7 +419,10 @@ def parse_args(argv):
     p.add_argument("--model", choices=("flow", "regression"), default="flow")
     p.add_argument("--head", choices=("seed", "runner"), default="seed",
                    help="baseline head: the seed's tick strategy (default) or shm-vla's TickRunner")
-    p.add_argument("--only", choices=("shm_vla", "baseline"), default=None, help="run one side only")
+    p.add_argument("--only", choices=("shm_vla", "baseline"), default=None,
+                   help="run one side only (shm_vla: with --shadow, both shm-vla sides)")
+    p.add_argument("--shadow", action="store_true",
+                   help="also run shm-vla with a shadow checkpoint beside act and compare act's jitter")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="config override for the shm-vla side only, e.g. act.rt_priority=20")
@@ -387,18 +439,22 @@ def main(argv=None) -> int:
     C.terminate_as_interrupt()
     report = C.report_header("e2e", argv)
     report.update(model=args.model, duration_s=args.duration, warmup_s=args.warmup, baseline_head=args.head,
-                  overrides=args.overrides, cpu_hogs=args.cpu_hogs, runs={}, errors=[])
+                  overrides=args.overrides, cpu_hogs=args.cpu_hogs, shadow=args.shadow, runs={}, errors=[])
     with tempfile.TemporaryDirectory(prefix="shm-vla-e2e-") as tmp:
         work = Path(tmp)
         from shm_vla.model.make_checkpoint import make_checkpoint
         args.checkpoint = make_checkpoint(work / f"tiny-{args.model}.pt", "tiny", args.model)
+        if args.shadow:
+            args.shadow_checkpoint = make_checkpoint(work / f"tiny-{args.model}-shadow.pt", "tiny", args.model, seed=1)
         args.config = work / "loopback.toml"
         report["ports"] = C.write_loopback_config(args.config)
-        sides = {"shm_vla": ShmVlaSide, "baseline": BaselineSide}
+        sides = {"shm_vla": ShmVlaSide, "shm_vla_shadow": ShmVlaShadowSide, "baseline": BaselineSide}
+        if not args.shadow:
+            del sides["shm_vla_shadow"]
         hogs = C.start_cpu_hogs(args.cpu_hogs)
         try:
             for name, cls in sides.items():
-                if args.only in (None, name):
+                if args.only in (None, name) or (args.only == "shm_vla" and name == "shm_vla_shadow"):
                     try:
                         report["runs"][name] = run_side(cls(name, work, args))
                     except RuntimeError as exc:
@@ -409,6 +465,8 @@ def main(argv=None) -> int:
         finally:
             C.stop_cpu_hogs(hogs)
     runs = report["runs"]
+    if "shm_vla" in runs and "shm_vla_shadow" in runs:
+        report["shadow_effect"] = shadow_effect(runs["shm_vla"], runs["shm_vla_shadow"])
     if "shm_vla" in runs and "baseline" in runs:
         report["ratios"] = ratios(runs["shm_vla"], runs["baseline"])
         report["targets"] = targets(runs["shm_vla"], report["ratios"])

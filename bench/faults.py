@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fault drills, measured (docs/FAULTS.md): what a user's drills do to a running pipeline.
 
-    bench/faults.py [--json] [--stop-s S] [--hang-timeout-s S]
+    bench/faults.py [--json] [--stop-s S] [--hang-timeout-s S] [--shadow]
     shm-vla bench faults ...          (the same script)
 
 One `shm-vla run flow` (tiny checkpoint, CPU) beside `shm-vla sim all` (sender clocks offset
@@ -16,6 +16,12 @@ In order:
   3. SIGSTOP of act (a hang): seconds until the supervisor has it restarted and up;
   4. SIGKILL of the supervisor: seconds until every stage has exited, commands received
      after the supervisor's death.
+
+--shadow runs a shadow beside act (shadow.checkpoint: another tiny flow checkpoint) and
+adds it to drills 1 and 4, plus: SIGSTOP of the shadow for --stop-s (ticks it skipped and
+missed, the delay from SIGCONT to its next tick) and past --hang-timeout-s (seconds until it
+is restarted and up); for each shadow drill, the largest gap between the commands the robot
+receives (act must not notice).
 
 Benchmarks report; they assert nothing. Every wait is bounded.
 """
@@ -86,6 +92,11 @@ class Commands:
                 self._pos = f.tell()
         return self.times
 
+    def max_gap_ms(self, t0_ns: int, t1_ns: int) -> float | None:
+        """The largest gap between consecutive commands received in [t0_ns, t1_ns]."""
+        times = [t for t in self.refresh() if t0_ns <= t <= t1_ns]
+        return round(max(np.diff(times)) / 1e6, 1) if len(times) > 1 else None
+
     def first_after(self, t_ns: int, timeout_s: float) -> float | None:
         """Seconds from t_ns to the first command received after it."""
         got = C.wait_for(lambda: [t for t in self.refresh() if t > t_ns], timeout_s, 0.01)
@@ -102,9 +113,9 @@ def _results(cfg) -> np.ndarray:
         ring.close()
 
 
-def drill_kill9(instance: str, commands: Commands) -> dict:
+def drill_kill9(instance: str, commands: Commands, stages=STAGES) -> dict:
     out = {}
-    for name in STAGES:
+    for name in stages:
         old = _snap(instance, name)["pid"]
         os.kill(old, signal.SIGKILL)
         t0 = time.monotonic_ns()
@@ -114,6 +125,9 @@ def drill_kill9(instance: str, commands: Commands) -> dict:
             entry["command_gap_s"] = commands.first_after(t0, STEP_TIMEOUT_S)
         out[name] = entry
         time.sleep(1.0)
+        if name == "shadow":
+            entry["skipped"] = _snap(instance, "shadow")["values"].get("skipped")
+            entry["max_command_gap_ms"] = commands.max_gap_ms(t0, time.monotonic_ns())
     return out
 
 
@@ -153,8 +167,35 @@ def drill_hang(instance: str, commands: Commands, hang_timeout_s: float) -> dict
             "command_gap_s": commands.first_after(t0, STEP_TIMEOUT_S)}
 
 
-def drill_supervisor_sigkill(instance: str, sup_pid: int, commands: Commands) -> dict:
-    pids = {name: _snap(instance, name)["pid"] for name in STAGES}
+def drill_shadow(instance: str, commands: Commands, stop_s: float, hang_timeout_s: float) -> dict:
+    """SIGSTOP of the shadow for stop_s, then past the hang timeout: act must not notice."""
+    before = _snap(instance, "shadow")
+    pid, values = before["pid"], before["values"]
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic_ns()
+    time.sleep(stop_s)
+    os.kill(pid, signal.SIGCONT)
+    t_cont = time.monotonic_ns()
+    C.wait_for(lambda: _snap(instance, "shadow")["values"]["ticks"] > values["ticks"], STEP_TIMEOUT_S, 0.01)
+    next_tick_s = (time.monotonic_ns() - t_cont) / 1e9
+    time.sleep(1.0)
+    after = _snap(instance, "shadow")["values"]
+    stall = {"stop_s": stop_s, "skipped": after["skipped"] - values["skipped"],
+             "missed": after["missed"] - values["missed"], "next_tick_after_sigcont_s": round(next_tick_s, 3),
+             "max_command_gap_ms": commands.max_gap_ms(t0, time.monotonic_ns())}
+    os.kill(pid, signal.SIGSTOP)                 # now a hang: killed and restarted by the supervisor
+    t0 = time.monotonic_ns()
+    back = C.wait_for(lambda: _up(instance, "shadow", not_pid=pid), STEP_TIMEOUT_S, 0.05)
+    hang = {"hang_timeout_s": hang_timeout_s,
+            "restart_s": round((time.monotonic_ns() - t0) / 1e9, 3) if back else None,
+            "max_command_gap_ms": commands.max_gap_ms(t0, time.monotonic_ns())}
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return {"stall": stall, "hang": hang}
+
+
+def drill_supervisor_sigkill(instance: str, sup_pid: int, commands: Commands, stages=STAGES) -> dict:
+    pids = {name: _snap(instance, name)["pid"] for name in stages}
     os.kill(sup_pid, signal.SIGKILL)
     t0 = time.monotonic_ns()
     gone = {}
@@ -180,22 +221,29 @@ def run(args) -> dict:
         C.write_loopback_config(tmp / "cfg.toml", f"[supervise]\nhang_timeout_s = {args.hang_timeout_s}\n")
         cfg = config.load(instance, tmp / "cfg.toml")
         ckpt = make_checkpoint(tmp / "flow.pt", "tiny", "flow")
+        stages, shadow = STAGES, []
+        if args.shadow:
+            stages = STAGES + ("shadow",)
+            shadow = ["--set", f'shadow.checkpoint="{make_checkpoint(tmp / "shadow.pt", "tiny", "flow", seed=1)}"']
         commands = Commands(tmp / "commands.jsonl")
         with C.Procs(tmp) as procs:
             sup = procs.start("run", C.cli_argv("run", "flow", "--instance", instance, "--config",
                                                 str(tmp / "cfg.toml"), "--checkpoint", str(ckpt),
-                                                "--out", str(tmp / "out")))
+                                                "--out", str(tmp / "out"), *shadow))
             procs.start("sim", C.cli_argv("sim", "all", "--instance", instance, "--config", str(tmp / "cfg.toml"),
                                           "--clock-offset-s", str(SENDER_OFFSET_S), "--records-per-datagram",
                                           "10", "--log", str(commands.path)))
             if not C.wait_for(lambda: len(commands.refresh()) > 10, START_TIMEOUT_S):
                 raise SystemExit(f"faults: the pipeline never commanded; see {tmp}/run.log")
             drills = report["drills"] = {}
-            drills["kill9"] = drill_kill9(instance, commands)
+            drills["kill9"] = drill_kill9(instance, commands, stages)
             drills["sigstop_sensor"] = drill_sigstop_sensor(instance, cfg, commands, args.stop_s)
             drills["hang_act"] = drill_hang(instance, commands, args.hang_timeout_s)
+            if args.shadow:
+                C.wait_for(lambda: _up(instance, "shadow"), STEP_TIMEOUT_S)
+                drills["shadow"] = drill_shadow(instance, commands, args.stop_s, args.hang_timeout_s)
             time.sleep(2.0)
-            drills["supervisor_sigkill"] = drill_supervisor_sigkill(instance, sup.pid, commands)
+            drills["supervisor_sigkill"] = drill_supervisor_sigkill(instance, sup.pid, commands, stages)
         C.remove_instance(instance)
     return report
 
@@ -214,6 +262,13 @@ def render(r: dict) -> str:
     h = d["hang_act"]
     lines += [f"SIGSTOP act (hang_timeout_s {h['hang_timeout_s']:g}): restarted and up after {C.fmt(h['restart_s'])} s; "
               f"{h['commands_while_hung']} commands while hung"]
+    if "shadow" in d:
+        st, hg, k9 = d["shadow"]["stall"], d["shadow"]["hang"], d["kill9"]["shadow"]
+        lines += [f"shadow: kill -9 -> up after {C.fmt(k9['restart_s'])} s, {k9['skipped']} ticks skipped, largest "
+                  f"command gap {C.fmt(k9['max_command_gap_ms'], 1)} ms; SIGSTOP {st['stop_s']:g} s -> "
+                  f"{st['skipped']} skipped, {st['missed']} missed, next tick {C.fmt(st['next_tick_after_sigcont_s'], 3)}"
+                  f" s after SIGCONT, largest command gap {C.fmt(st['max_command_gap_ms'], 1)} ms; hang -> up after "
+                  f"{C.fmt(hg['restart_s'])} s, largest command gap {C.fmt(hg['max_command_gap_ms'], 1)} ms"]
     k = d["supervisor_sigkill"]
     lines += [f"SIGKILL of the supervisor: every stage gone after {C.fmt(k['all_stopped_s'], 3)} s; "
               f"{k['commands_after_death']} commands after its death"]
@@ -226,6 +281,7 @@ def main(argv=None) -> int:
     p.add_argument("--stop-s", type=float, default=5.0, help="how long ingest sensor is stopped")
     p.add_argument("--hang-timeout-s", type=float, default=10.0,
                    help="supervise.hang_timeout_s for the run (more than --stop-s)")
+    p.add_argument("--shadow", action="store_true", help="run a shadow beside act and drill it too")
     args = p.parse_args(argv)
     if args.hang_timeout_s <= args.stop_s:
         p.error("--hang-timeout-s must exceed --stop-s (else the stopped ingest is restarted as hung)")

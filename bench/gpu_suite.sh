@@ -115,7 +115,7 @@ print(json.dumps(d))'
 
 if [ "$PART" = core ] || [ "$PART" = smoke ]; then
   step 150 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/gpu/test_stage_timing_gpu.py \
-    tests/gpu/test_replay_gpu.py tests/unit/test_model_conformance.py
+    tests/gpu/test_replay_gpu.py tests/gpu/test_shadow_gpu.py tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   step 60 ah_stage_timing $AH --presets $PRESET --iters $N --max-seconds $SECS --stream-priority -1 \
     --compare-stage-timing events,graphs,off

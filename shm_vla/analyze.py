@@ -2,7 +2,8 @@
 
 PATH is a session directory (async_inference_<stamp>/, or a folder of them: the newest is
 taken) or one timings file, JSON Lines or the older JSON-list format; the held ticks file
-beside it (held_ticks_<stamp>.jsonl) is read too. Stage times come from the ticks that ran,
+beside it (held_ticks_<stamp>.jsonl) is read too, and a shadow's results
+(shadow_results_<stamp>.jsonl: shadow_analysis.py). Stage times come from the ticks that ran,
 jitter and input freshness from every tick. Bad input never gives a traceback: what is
 valid is analysed and the rest is named in warnings.
 Exit codes: 0 something was analysed, 1 nothing valid (or a requested plot or comparison
@@ -23,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shm_vla import shadow_analysis
 from shm_vla.finite import finite_or_none
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, FRESHNESS_FIELDS, HELD_FIELD, LATENESS_FIELD, STAGE_FIELDS,
@@ -49,14 +51,19 @@ class InputError(Exception):
 
 
 # --------------------------------------------------------------------------- finding the file
-def held_file_of(timings_file: Path) -> Path | None:
-    """The held ticks file beside a session's timings file, if there is one."""
+def file_beside(timings_file: Path, stem: str) -> Path | None:
+    """The session file <stem>_<stamp>.jsonl beside a session's timings file, if there is one."""
     name = timings_file.name
     if not name.startswith("performance_timings_"):
         return None
     stamp = name.removeprefix("performance_timings_").rsplit(".", 1)[0]
-    held = timings_file.with_name(f"held_ticks_{stamp}.jsonl")
-    return held if held.is_file() else None
+    path = timings_file.with_name(f"{stem}_{stamp}.jsonl")
+    return path if path.is_file() else None
+
+
+def held_file_of(timings_file: Path) -> Path | None:
+    """The held ticks file beside a session's timings file, if there is one."""
+    return file_beside(timings_file, "held_ticks")
 
 
 def find_timings_file(path: Path) -> tuple[Path, list[str]]:
@@ -147,6 +154,7 @@ class Session:
     records_read: int = 0
     invalid_records: int = 0
     recorder: dict | None = None
+    shadow: shadow_analysis.ShadowData | None = None
 
     @property
     def held(self) -> np.ndarray:
@@ -240,6 +248,8 @@ def load_session(path: Path) -> Session:
             for record in _iter_json_lines(held_file, held_warnings):
                 builder.add(record, held_file=True)
             warnings += [f"{held_file.name}: {w}" for w in held_warnings]
+        shadow_file = file_beside(timings_file, "shadow_results")
+        shadow = shadow_analysis.load(shadow_file) if shadow_file is not None else None
     except OSError as exc:   # unreadable file or folder, a device, permissions
         raise InputError(f"{exc.filename or path}: cannot read: {exc.strerror or exc}") from None
     warnings += builder.notes()
@@ -252,7 +262,7 @@ def load_session(path: Path) -> Session:
         vl_timestamps=np.frombuffer(builder.vl_timestamps, dtype=np.float64),
         vl_times_ms=np.frombuffer(builder.vl_times_ms, dtype=np.float64),
         holds=builder.holds, records_read=builder.records, invalid_records=builder.invalid_records,
-        recorder=_recorder_section(timings_file, warnings))
+        recorder=_recorder_section(timings_file, warnings), shadow=shadow)
 
 
 def _recorder_section(timings_file: Path, warnings: list[str]) -> dict | None:
@@ -354,6 +364,7 @@ def analyze(session: Session) -> dict:
                   "fraction": n_held / (n_actions + n_held) if n_actions + n_held else None},
         "verdict": verdict(p95_total_ms),
         "recorder": session.recorder,
+        "shadow": shadow_analysis.report(session.shadow, _start_s(session), cols["action_id"]),
     }
 
 
@@ -428,6 +439,8 @@ def render_text(report: dict) -> str:
         f"\n  {reason:<20}{count:>9}" for reason, count in holds["by_reason"].items())]
     if report["recorder"]:
         lines.append("recorder: " + ", ".join(f"{k} {v}" for k, v in report["recorder"].items()))
+    if report.get("shadow"):
+        lines += shadow_analysis.render_text(report["shadow"])
     v = report["verdict"]
     lines += ["", f"verdict: {v['label'] or 'n/a'}" + (
         f" (p95 total {v['p95_total_ms']:.2f} ms; budget {v['budget_ms']:.0f} ms at 10 Hz)" if v["label"] else "")]
@@ -464,8 +477,9 @@ def plot(session: Session, report: dict, out_path: Path) -> None:
 
     cols, start_s, ran = session.columns, _start_s(session), ~session.held
     t_s = cols["timestamp"] - start_s
-    fig = plt.figure(figsize=(18, 11), constrained_layout=True)
-    grid = fig.add_gridspec(3, len(STAGE_FIELDS))
+    rows = 3 + (session.shadow is not None)         # a shadow's divergence: one more row
+    fig = plt.figure(figsize=(18, 11 + 3 * (rows - 3)), constrained_layout=True)
+    grid = fig.add_gridspec(rows, len(STAGE_FIELDS))
     for i, name in enumerate(STAGE_FIELDS):
         ax = fig.add_subplot(grid[0, i])
         values = session.vl_times_ms if name == "vl_encoding" else cols[name][ran]
@@ -495,6 +509,8 @@ def plot(session: Session, report: dict, out_path: Path) -> None:
     if ages.has_data():
         ages.set_yscale("symlog", linthresh=1.0)
         ages.legend(loc="upper right", markerscale=4)
+    if session.shadow is not None:
+        shadow_analysis.plot_panel(fig.add_subplot(grid[3, :]), session.shadow, start_s)
     fig.savefig(out_path, dpi=80)
     plt.close(fig)
 

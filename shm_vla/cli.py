@@ -25,6 +25,7 @@ COMMANDS = {
     "vl": ("shm_vla.workers.vl", "the VL encoder process"),
     "act": ("shm_vla.workers.act", "the action process (10 Hz ticks)"),
     "record": ("shm_vla.workers.record", "the recorder process"),
+    "shadow": ("shm_vla.workers.shadow", "a shadow checkpoint beside act (shadow.checkpoint), never commanding"),
     "run": ("shm_vla.supervise", "supervise a whole pipeline: run flow|regression"),
     "checkpoint": ("shm_vla.model.checkpoint_cli", "checkpoint info | verify"),
     "make-checkpoint": ("shm_vla.model.make_checkpoint", "write a random-init checkpoint"),

@@ -143,6 +143,16 @@ class ActConfig:
 
 
 @dataclass
+class ShadowConfig:
+    # A candidate checkpoint run beside act on the same inputs, never commanding (workers/shadow.py).
+    checkpoint: str = ""               # empty: no shadow
+    nice: int = 10                     # CPU niceness of the shadow process, 0..19: never above normal
+    device: str = ""                   # torch device; empty: model.act_device
+    dtype: str = ""                    # empty: model.act_dtype
+    stream_priority: int = 0           # CUDA stream priority: not above model.act_stream_priority (lower is higher)
+
+
+@dataclass
 class RecordConfig:
     out_dir: str = "sessions"
     save_data: bool = False
@@ -176,6 +186,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     vl: VlConfig = field(default_factory=VlConfig)
     act: ActConfig = field(default_factory=ActConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     supervise: SuperviseConfig = field(default_factory=SuperviseConfig)
     stat: StatConfig = field(default_factory=StatConfig)
@@ -214,6 +225,7 @@ _CHOICES = {
     ("model", "flow_solver"): ("euler", "rk4"),
     ("model", "act_dtype"): ("float32", "bfloat16", "float16"),
     ("model", "stage_timing"): ("events", "graphs", "off"),
+    ("shadow", "dtype"): ("", "float32", "bfloat16", "float16"),
     ("vl", "view_policy"): ("newest", "max_skew", "same_trigger"),
     ("camera", "channel_order"): ("RGB", "BGR"),
 }
@@ -413,7 +425,21 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config key instance: {cfg.instance!r} must be non-empty without '/' or '.'")
     _check_safety(cfg)
     _check_addresses(cfg)
+    _check_shadow(cfg)
     return cfg
+
+
+def _check_shadow(cfg: Config) -> None:
+    """A shadow runs below act: never a higher CPU or CUDA priority. (Its checkpoint file is
+    checked where it is loaded, by `shm-vla run` and the shadow process, not by every process:
+    a bad shadow must never keep the live loop from starting.)"""
+    if not 0 <= cfg.shadow.nice <= 19:
+        raise ConfigError(f"config key shadow.nice: {cfg.shadow.nice} is not in 0..19 (a shadow never runs "
+                          "above normal priority)")
+    if cfg.shadow.stream_priority < cfg.model.act_stream_priority:
+        raise ConfigError(f"config key shadow.stream_priority: {cfg.shadow.stream_priority} is a higher CUDA "
+                          f"priority than act's (model.act_stream_priority {cfg.model.act_stream_priority}; "
+                          "lower is higher)")
 
 
 # --------------------------------------------------------------------------- this machine

@@ -125,6 +125,22 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "record_robot_rows_written_total": (COUNTER, "Robot rows written (--save-data).", CELL),
     "record_sensor_records_written_total": (COUNTER, "Sensor records written (--save-data).", CELL),
     "record_data_lost_total": (COUNTER, "Data records overwritten before the recorder read them (--save-data).", CELL),
+    "record_shadow_written_total": (COUNTER, "Shadow results written to the session.", CELL),
+    "record_shadow_lost_total": (COUNTER, "Shadow results overwritten before the recorder read them.", CELL),
+    # shadow (optional: shadow.checkpoint)
+    "shadow_ticks_total": (COUNTER, "Live ticks the shadow took (ran, or missed an input).", CELL),
+    "shadow_missed_total": (COUNTER, "Live ticks whose inputs were overwritten before the shadow read them.", CELL),
+    "shadow_skipped_total": (COUNTER, "Live ticks the shadow skipped: it fell behind, or was down.", CELL),
+    "shadow_live_held_total": (COUNTER, "Live ticks held by the gate, not shadowed.", CELL),
+    "shadow_nonfinite_output_total": (COUNTER, "Shadow ticks whose output was not finite.", CELL),
+    "shadow_rate_hertz": (GAUGE, "Shadow ticks per second over the last second.", CELL),
+    "shadow_latency_seconds": (GAUGE, "The shadow head's time, rolling quantiles over the last 100 shadow ticks.",
+                               CELL + ("quantile",)),
+    "shadow_delay_seconds": (GAUGE, "From the live tick's start to the shadow's result, rolling quantiles over "
+                                    "the last 100 shadow ticks.", CELL + ("quantile",)),
+    "shadow_divergence": (GAUGE, "Absolute difference of the shadow's first action from the live one on one action "
+                                 "axis (its unit), rolling quantiles over the last 100 shadow ticks.",
+                          CELL + ("axis", "quantile")),
 }
 
 # snapshot key -> metric name, per section
@@ -147,7 +163,11 @@ _RECORD_VALUES = {"records_written": "record_results_written_total",
                   "lag_records": "record_lag_records", "frames_written": "record_frames_written_total",
                   "robot_rows_written": "record_robot_rows_written_total",
                   "sensor_records_written": "record_sensor_records_written_total",
-                  "data_lost": "record_data_lost_total"}
+                  "data_lost": "record_data_lost_total", "shadow_written": "record_shadow_written_total",
+                  "shadow_lost": "record_shadow_lost_total"}
+_SHADOW_VALUES = {"ticks": "shadow_ticks_total", "missed": "shadow_missed_total", "skipped": "shadow_skipped_total",
+                  "live_held": "shadow_live_held_total", "nonfinite_output": "shadow_nonfinite_output_total",
+                  "rate_hz": "shadow_rate_hertz"}
 
 Sample = tuple[str, dict, float]
 
@@ -186,6 +206,7 @@ def samples(snap: dict, limits: Limits) -> Iterator[Sample]:
     out += _vl_samples(cell, snap["vl"], limits)
     out += _act_samples(cell, snap["act"])
     out += [(metric, cell, snap["record"][key]) for key, metric in _RECORD_VALUES.items()]
+    out += _shadow_samples(cell, snap["shadow"])
     return ((name, labels, value) for name, labels, value in out if value is not None)
 
 
@@ -259,6 +280,16 @@ def _act_samples(cell: dict, act: dict) -> list:
     for name, key in (("act_tick_latency_seconds", "latency_ms"), ("act_tick_lateness_seconds", "lateness_ms")):
         out += [(name, {**cell, "quantile": q}, _seconds(act[f"{key}{suffix}"])) for q, suffix in QUANTILES]
     out += [("act_held_ticks_total", {**cell, "reason": reason}, n) for reason, n in act["held"].items()]
+    return out
+
+
+def _shadow_samples(cell: dict, shadow: dict) -> list:
+    out = [(metric, cell, shadow[key]) for key, metric in _SHADOW_VALUES.items()]
+    for name, key in (("shadow_latency_seconds", "latency_ms"), ("shadow_delay_seconds", "delay_ms")):
+        out += [(name, {**cell, "quantile": q}, _seconds(shadow[f"{key}{suffix}"])) for q, suffix in QUANTILES]
+    for q, suffix in QUANTILES:
+        out += [("shadow_divergence", {**cell, "axis": str(axis), "quantile": q}, value)
+                for axis, value in enumerate(shadow[f"divergence{suffix}"])]
     return out
 
 

@@ -12,6 +12,8 @@ the tests derive them from this module, so a rename here is the whole rename.
                                                               +--> act <---------------+
                                                                     |--> robot command socket
                                                                     +--> results --> record
+                     the same records, by number  --> shadow (optional, never commands)
+                                                          +--> shadow_results --> record
 
 Each stream has exactly one writer. The record types and depths live in streams.py (they
 depend on the configuration and the checkpoint); the fields of the results ring, one per
@@ -45,6 +47,12 @@ class Stage:
     reads: tuple = ()                          # streams it attaches (waiting for their writers)
     reads_with_save_data: tuple = ()           # ... also, when recording data (record --save-data)
     stop_rank: int = 0                         # `shm-vla run` stops stages in ascending rank
+    reads_optional: tuple = ()                 # ... also, once their (optional) writer runs; never waited for
+    enabled: Callable[[object], bool] | None = None   # optional stage: runs only when enabled(cfg); None: always
+
+    def runs(self, cfg) -> bool:
+        """Whether this configuration runs the stage (every stage but an optional one that is off)."""
+        return self.enabled is None or bool(self.enabled(cfg))
 
     @property
     def unit(self) -> str:
@@ -55,6 +63,7 @@ class Stage:
 # --------------------------------------------------------------------------- process names
 INGEST_CAMERA, INGEST_ROBOT, INGEST_SENSOR = "ingest-camera", "ingest-robot", "ingest-sensor"
 VL, ACT, RECORD = "vl", "act", "record"
+SHADOW = "shadow"                              # optional: a candidate checkpoint beside act (shadow.checkpoint)
 SUPERVISOR = "supervisor"                      # `shm-vla run` (has a stats segment, no unit)
 SIM = "sim"                                    # `shm-vla run --sim`'s simulated peers (neither)
 
@@ -62,6 +71,7 @@ SIM = "sim"                                    # `shm-vla run --sim`'s simulated
 VIEWS = tuple(f"view{i + 1}" for i in range(N_VIEWS))
 JPEGS = tuple(f"jpeg{i + 1}" for i in range(N_VIEWS))
 ROBOT, SENSOR, VL_FEATURE, RESULTS = "robot", "sensor", "vl_feature", "results"
+SHADOW_RESULTS = "shadow_results"
 
 
 def _camera_hz(cfg) -> float:
@@ -81,6 +91,8 @@ STREAMS = {s.name: s for s in (
            what="feature, update no., encode time, capture times, skew"),
     Stream(RESULTS, ACT, lambda cfg: cfg.act.tick_hz,
            what="one tick: action chunk, command, hold reason, timings, input ages (tick.py)"),
+    Stream(SHADOW_RESULTS, SHADOW, lambda cfg: cfg.act.tick_hz,
+           what="one shadowed tick: the shadow's chunk, divergence from the live one (shadow_tick.py)"),
 )}
 
 STAGES = {s.name: s for s in (
@@ -90,8 +102,11 @@ STAGES = {s.name: s for s in (
     Stage(VL, ("vl",), writes=(VL_FEATURE,), reads=VIEWS, stop_rank=2),
     # act stops first (no new results), then the recorder drains and finalises its files
     Stage(ACT, ("act",), writes=(RESULTS,), reads=(VL_FEATURE, SENSOR, ROBOT), stop_rank=0),
+    # after act, the shadow (same rank, declared after it: stopped next), before the recorder
+    Stage(SHADOW, ("shadow",), writes=(SHADOW_RESULTS,), reads=(RESULTS, VL_FEATURE, SENSOR, ROBOT), stop_rank=0,
+          enabled=lambda cfg: bool(cfg.shadow.checkpoint)),
     Stage(RECORD, ("record",), reads=(RESULTS, VL_FEATURE), reads_with_save_data=JPEGS + (ROBOT, SENSOR),
-          stop_rank=1),
+          stop_rank=1, reads_optional=(SHADOW_RESULTS,)),
 )}
 SIM_STOP_RANK = 4                              # the simulated peers stop last
 
@@ -108,8 +123,13 @@ def stop_order(names) -> list[str]:
 
 def writers_of(stage: Stage, save_data: bool = True) -> set[str]:
     """The stages whose streams this one reads (it starts after them)."""
-    reads = stage.reads + (stage.reads_with_save_data if save_data else ())
+    reads = stage.reads + (stage.reads_with_save_data if save_data else ()) + stage.reads_optional
     return {STREAMS[s].writer for s in reads}
+
+
+def stages(cfg) -> list[Stage]:
+    """The stages this configuration runs, in declaration order."""
+    return [stage for stage in STAGES.values() if stage.runs(cfg)]
 
 
 def _check() -> None:
@@ -118,8 +138,10 @@ def _check() -> None:
     for stage in STAGES.values():
         for s in stage.writes:
             assert STREAMS[s].writer == stage.name, (stage.name, s)
-        for s in stage.reads + stage.reads_with_save_data:
+        for s in stage.reads + stage.reads_with_save_data + stage.reads_optional:
             assert s in STREAMS, (stage.name, s)
+        for s in stage.reads_optional:          # only an optional stage's stream may be missing
+            assert STAGES[STREAMS[s].writer].enabled is not None, (stage.name, s)
 
 
 _check()

@@ -20,7 +20,7 @@ from .shm import stats as statsmod
 from .shm.ring import Ring
 from . import pipeline as P
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: the `shadow` section, the record's shadow counters
 RATE_WINDOW_S = 2.0               # ring-derived rates: records received in the last 2 s ...
 RATE_WINDOW_PERIODS = 4           # ... or the last 4 periods, whichever is longer
 HEARTBEAT_WARN_MS = 1000.0        # a live process whose heartbeat is older is stuck (loops beat every <= 0.2 s)
@@ -209,9 +209,11 @@ def _with_prefix(values: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
 
 
-def expected_rates(cfg: Config) -> dict:
-    """Nominal records per second of every ring stat shows (not the JPEG copies)."""
-    return {name: stream.rate_hz(cfg) for name, stream in P.STREAMS.items() if name not in P.JPEGS}
+def expected_rates(cfg: Config, present=lambda name: False) -> dict:
+    """Nominal records per second of every ring stat shows (not the JPEG copies; a stream of an
+    optional stage when this configuration runs the stage, or `present(name)`)."""
+    return {name: stream.rate_hz(cfg) for name, stream in P.STREAMS.items()
+            if name not in P.JPEGS and (P.STAGES[stream.writer].runs(cfg) or present(name))}
 
 
 # Input kind -> (its ingest process, the rings it writes that stat shows).
@@ -309,16 +311,46 @@ def _act(cfg: Config, procs: dict, streams: dict, th: Thresholds) -> dict:
 def _record(procs: dict, th: Thresholds) -> dict:
     head, v = _proc_head(procs, P.RECORD)
     names = ("records_written", "vl_updates_written", "lag_records", "lost", "frames_written",
-             "robot_rows_written", "sensor_records_written", "data_lost")
+             "robot_rows_written", "sensor_records_written", "data_lost", "shadow_written", "shadow_lost")
     out = {**head, **{k: _num(v, k) for k in names}}
     out["levels"] = {"lag_records": th.lag(out["lag_records"]), "lost": th.count(out["lost"]),
-                     "data_lost": th.count(out["data_lost"])}
+                     "data_lost": th.count(out["data_lost"]), "shadow_lost": th.count(out["shadow_lost"])}
+    return out
+
+
+SHADOW_COUNTERS = ("ticks", "missed", "skipped", "live_held", "nonfinite_output")
+SHADOW_GAUGES = ("rate_hz", "latency_ms_p50", "latency_ms_p99", "delay_ms_p50", "delay_ms_p99")
+
+
+def _divergence(values: dict, quantile: str) -> list:
+    """The shadow's per-axis divergence gauges divergence.<axis>_<quantile>, in axis order."""
+    axes = sorted(int(k[len("divergence."):-len(quantile) - 1]) for k in values
+                  if k.startswith("divergence.") and k.endswith(f"_{quantile}"))
+    return [_num(values, f"divergence.{axis}_{quantile}") for axis in axes]
+
+
+def _shadow(cfg: Config, procs: dict, streams: dict, th: Thresholds) -> dict:
+    head, v = _proc_head(procs, P.SHADOW)
+    p99 = _divergence(v, "p99")
+    out = {**head, "configured": bool(cfg.shadow.checkpoint),
+           **{k: _num(v, k) for k in SHADOW_COUNTERS + SHADOW_GAUGES},
+           "divergence_p50": _divergence(v, "p50"), "divergence_p99": p99,
+           "divergence_max_p99": max((x for x in p99 if x is not None), default=None),
+           "result_age_ms": streams.get(P.SHADOW_RESULTS, {}).get("age_ms")}
+    # no level on its rate: the shadow runs only the ticks the gate passed, so it is low while act holds
+    out["levels"] = {"latency_ms_p50": th.tick_duration(out["latency_ms_p50"]),
+                     "latency_ms_p99": th.tick_duration(out["latency_ms_p99"]),
+                     "delay_ms_p99": th.tick_duration(out["delay_ms_p99"]),
+                     "missed": th.count(out["missed"]), "skipped": th.count(out["skipped"]),
+                     "nonfinite_output": th.count(out["nonfinite_output"])}
     return out
 
 
 def _streams(cfg: Config, th: Thresholds) -> dict:
     out = {}
-    for name, hz in expected_rates(cfg).items():
+    def present(name: str) -> bool:        # a ring of an optional stage this config does not run
+        return (segmod.SHM_DIR / segmod.segment_name(cfg.instance, name, cfg.shm.prefix).lstrip("/")).exists()
+    for name, hz in expected_rates(cfg, present).items():
         s = read_ring(cfg.instance, name, cfg.shm.prefix, hz)
         s["levels"] = {"age_ms": th.age(s["age_ms"], hz), "rate_hz": th.rate(s["rate_hz"], hz)}
         out[name] = s
@@ -343,5 +375,6 @@ def build_snapshot(cfg: Config, sampler: ProcessSampler | None = None, with_gpu:
         "vl": _vl(procs, streams, th),
         "act": _act(cfg, procs, streams, th),
         "record": _record(procs, th),
+        "shadow": _shadow(cfg, procs, streams, th),
         "gpu": gpu_memory(cfg) if with_gpu else None,
     }

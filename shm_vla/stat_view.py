@@ -129,7 +129,26 @@ def pipeline_table(snap: dict) -> Table:
                                                   ("vl updates", "vl_updates_written", ""),
                                                   ("lag", "lag_records", ".0f"), ("lost", "lost", ""),
                                                   ("data lost", "data_lost", "")]))
+    shadow = snap["shadow"]
+    if shadow["configured"] or shadow["state"] != "absent":
+        _shadow_rows(t, shadow)
     return t
+
+
+def _shadow_rows(t: Table, shadow: dict) -> None:
+    """The shadow: rate, its own latency, how far behind live, misses; per-axis divergence."""
+    t.add_row("shadow", shadow["state"], _line(shadow, [("ticks", "ticks", ""), ("Hz", "rate_hz", ".2f"),
+                                                        ("latency ms p50", "latency_ms_p50", ".1f"),
+                                                        ("p99", "latency_ms_p99", ".1f"),
+                                                        ("behind live ms p99", "delay_ms_p99", ".1f"),
+                                                        ("missed", "missed", ""), ("skipped", "skipped", ""),
+                                                        ("live held", "live_held", "")]))
+    divergence = Text("divergence |shadow - live| first action, per axis  ", style="dim")
+    for label, key in (("p50", "divergence_p50"), ("p99", "divergence_p99")):
+        divergence.append(f"{label} ", style="dim")
+        divergence.append(" ".join(fmt(x, ".4f") for x in shadow[key]) or "-")
+        divergence.append("  ")
+    t.add_row("", "", divergence)
 
 
 def _line(section: dict, items: list) -> Text:

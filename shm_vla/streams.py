@@ -14,7 +14,9 @@ can never disagree on a layout (and if an old segment does, attach fails with a 
 Each stream's per-stream metadata value has its own name (pipeline.Stream.aux_field; the
 ring's meta_dtype); writers pass it as `aux=`.
     vl_feature     VL_DTYPE(vl_dim) one record per VL update
-    results        tick.results_dtype(H, A) one record per action tick (fields: tick.py)
+    results        tick.results_dtype(H, A) one record per action tick (fields: tick.py);
+                   extras: the sensor and robot windows act reads (what a shadow must read too)
+    shadow_results shadow_tick.shadow_dtype(H, A) one record per tick a shadow ran (optional)
 
 Every ring record's meta holds capture_mono_ns: its capture time on our CLOCK_MONOTONIC
 through the sender's estimated clock offset (-1 until the offset is established); the
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import pipeline as P
+from . import shadow_tick
 from . import tick
 from .config import Config
 from .protocol.robot import ROBOT_DIMS
@@ -92,15 +95,18 @@ class Streams:
         IncompatibleStream) is closed before the error is raised."""
         return Ring.attach(self.instance, stream, dtype, shape, prefix=self.prefix, extras=extras)
 
-    def ring_specs(self, vl_dim: int, horizon: int, action_dim: int) -> list[RingSpec]:
-        """Every ring of the instance, as its writer creates it (the create_* methods below)."""
+    def ring_specs(self, vl_dim: int, horizon: int, action_dim: int, shadow: tuple | None = None) -> list[RingSpec]:
+        """Every ring of the instance, as its writer creates it (the create_* methods below);
+        shadow: the (horizon, action_dim) of a shadow's head, None without a shadow."""
         return ([self.view_spec(i) for i in range(N_VIEWS)] + [self.jpeg_spec(i) for i in range(N_VIEWS)]
                 + [self.robot_spec(), self.sensor_spec(), self.vl_spec(vl_dim),
-                   self.results_spec(horizon, action_dim)])
+                   self.results_spec(horizon, action_dim)]
+                + ([self.shadow_spec(*shadow)] if shadow else []))
 
-    def footprint(self, vl_dim: int, horizon: int, action_dim: int, stats_processes: int) -> tuple[int, int]:
+    def footprint(self, vl_dim: int, horizon: int, action_dim: int, stats_processes: int,
+                  shadow: tuple | None = None) -> tuple[int, int]:
         """(bytes of /dev/shm, segments) for every ring plus `stats_processes` stats segments."""
-        specs = self.ring_specs(vl_dim, horizon, action_dim)
+        specs = self.ring_specs(vl_dim, horizon, action_dim, shadow)
         return (sum(spec.footprint() for spec in specs) + stats_processes * stats_footprint(),
                 len(specs) + stats_processes)
 
@@ -159,12 +165,30 @@ class Streams:
     def attach_vl(self, vl_dim: int) -> Ring:
         return self._attach(P.VL_FEATURE, vl_dtype(vl_dim), ())
 
-    def results_spec(self, horizon: int, action_dim: int) -> RingSpec:
-        return RingSpec(P.RESULTS, results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth)
+    def results_spec(self, horizon: int, action_dim: int, robot_window: int | None = None) -> RingSpec:
+        windows = None if robot_window is None else self.windows(robot_window)
+        return RingSpec(P.RESULTS, results_dtype(horizon, action_dim), (), self.cfg.shm.results_depth, windows)
 
-    def create_results(self, horizon: int, action_dim: int) -> Ring:
-        return self._create(self.results_spec(horizon, action_dim))
+    def windows(self, robot_window: int) -> dict:
+        """The input windows (rows) act reads, recorded in the results ring: a shadow reads the same."""
+        return {"sensor_window": self.cfg.sensor.window, "robot_window": int(robot_window)}
+
+    def create_results(self, horizon: int, action_dim: int, robot_window: int | None = None) -> Ring:
+        return self._create(self.results_spec(horizon, action_dim, robot_window))
 
     def attach_results(self) -> Ring:
         """The recorder does not know H and A: take them from the segment, checking the kind."""
         return Ring.attach(self.instance, P.RESULTS, prefix=self.prefix, fields=("actions",))
+
+    # the shadow (optional)
+    def shadow_spec(self, horizon: int, action_dim: int) -> RingSpec:
+        return RingSpec(P.SHADOW_RESULTS, shadow_tick.shadow_dtype(horizon, action_dim), (),
+                        self.cfg.shm.results_depth)
+
+    def create_shadow_results(self, horizon: int, action_dim: int) -> Ring:
+        return self._create(self.shadow_spec(horizon, action_dim))
+
+    def attach_shadow_results(self) -> Ring:
+        """The recorder does not know the shadow's H and A: take them from the segment."""
+        return Ring.attach(self.instance, P.SHADOW_RESULTS, prefix=self.prefix,
+                           fields=("action_id", "status", "divergence", "checkpoint_sha256"))

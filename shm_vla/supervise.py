@@ -5,8 +5,8 @@ a crashed one with exponential backoff (counted in the supervisor's stats), kill
 restarts a hung one (heartbeat older than supervise.hang_timeout_s), makes sure no child
 outlives it (lifeline.py), and on
 SIGINT/SIGTERM or at the end of --duration stops them in order so that files are complete:
-act first (no new results), then the recorder (drains, then finalises its files), then
-vl, the ingest processes, and last the simulators.
+act first (no new results), then a shadow if one is configured, then the recorder (drains,
+then finalises its files), then vl, the ingest processes, and last the simulators.
 
 Before starting anything it checks that /dev/shm can hold every segment of the instance
 (one line with what is needed and free, exit 2). A child that still cannot get its shared
@@ -80,7 +80,7 @@ def build_children(args, cfg) -> list[Child]:
     if args.sim:
         sim = ["sim", "all", "--log", os.path.join(args.out, f"commands_{args.instance}.jsonl")]
         sims.append(Child(P.SIM, _child_argv(args, sim)))
-    return sims + [Child(stage.name, _stage_argv(args, stage)) for stage in P.STAGES.values()]
+    return sims + [Child(stage.name, _stage_argv(args, stage)) for stage in P.stages(cfg)]
 
 
 class Supervisor:
@@ -271,8 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checkpoint_override(path: str) -> str:
-    return f"model.checkpoint={os.path.abspath(path)!r}".replace("'", '"')
+def _checkpoint_override(path: str, key: str = "model.checkpoint") -> str:
+    return f"{key}={os.path.abspath(path)!r}".replace("'", '"')
 
 
 def _no_checkpoint(model_type: str) -> str:
@@ -306,12 +306,23 @@ def _check_checkpoint(cfg, model_type: str):
     return loaded.info
 
 
-def _check_room(cfg, info, children: list[Child]) -> None:
+def _check_shadow(cfg, info) -> tuple | None:
+    """The shadow checkpoint (shadow.checkpoint) loads and fits the live streams, checked like
+    act's before anything starts; returns its (horizon, action_dim), None without a shadow."""
+    if not cfg.shadow.checkpoint:
+        return None
+    from .workers.shadow import check_fits, load_shadow
+    shadow = load_shadow(cfg).info
+    check_fits(shadow, info.vl_dim, info.robot_window, info.action_dim)
+    return shadow.horizon, shadow.action_dim
+
+
+def _check_room(cfg, info, children: list[Child], shadow: tuple | None = None) -> None:
     """ShmFull unless /dev/shm can hold every ring and stats segment of the instance (sizes
     from the code that creates them: streams.py, ring.py, stats.py)."""
     from .streams import Streams
     stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
-    needed, count = Streams(cfg).footprint(info.vl_dim, info.horizon, info.action_dim, stats_processes)
+    needed, count = Streams(cfg).footprint(info.vl_dim, info.horizon, info.action_dim, stats_processes, shadow)
     segmod.check_room(needed, f"instance {cfg.instance!r} ({count} segments)")
 
 
@@ -348,9 +359,13 @@ def main(argv: list[str]) -> int:
     if not cfg.model.checkpoint:
         args.overrides.append(_checkpoint_override(_sim_checkpoint(args.out, args.model_type)))
         cfg = configmod.from_args(args)              # the children get it through the same override
+    if cfg.shadow.checkpoint and not os.path.isabs(cfg.shadow.checkpoint):    # the same file for every child
+        args.overrides.append(_checkpoint_override(cfg.shadow.checkpoint, "shadow.checkpoint"))
+        cfg = configmod.from_args(args)
     from .model import CheckpointError
     try:
         info = _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children
+        shadow = _check_shadow(cfg, info)
     except (CheckpointError, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return configmod.EXIT_CONFIG_ERROR
@@ -358,7 +373,7 @@ def main(argv: list[str]) -> int:
     try:
         _fresh_instance(cfg)
         _check_before_start(cfg)                   # ports free, groups usable
-        _check_room(cfg, info, children)           # before anything is created or started
+        _check_room(cfg, info, children, shadow)   # before anything is created or started
         stats = Stats.create(cfg.instance, P.SUPERVISOR, prefix=cfg.shm.prefix, group=cfg.shm.group)
     except (ShmFull, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)

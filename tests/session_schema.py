@@ -87,6 +87,7 @@ class SessionSchema:
         self.sensor_npz = t["sensor-npz"]
         self.vl_npz = t["vl-features-npz"]
         self.summary = t["summary"]
+        self.shadow = t["shadow"]
         self.deployed = deployed
 
     def unit(self, kind: list[Field], name: str) -> float:
@@ -170,8 +171,35 @@ def check_session(root: Path, window_s: tuple[float, float], schema: SessionSche
     if (root / f"vl_features_{stamp}.npz").exists():
         _check_npz(c, schema.vl_npz, root / f"vl_features_{stamp}.npz")
         _check_replay_inputs(c, root, stamp, actions, vls)
+    shadow = []
+    if (root / f"shadow_results_{stamp}.jsonl").exists():
+        shadow = _jsonl(root / f"shadow_results_{stamp}.jsonl")
+        _check_shadow(c, schema, shadow, actions, held, results)
     c.assert_ok()
-    return {"timings": timings, "actions": actions, "vl": vls, "held": held, "results": results}
+    return {"timings": timings, "actions": actions, "vl": vls, "held": held, "results": results, "shadow": shadow}
+
+
+def _check_shadow(c: Checker, schema: SessionSchema, shadow, actions, held, results) -> None:
+    """Every shadow line pairs with a live tick that ran the model, and its numbers relate."""
+    ticks = {t["action_id"]: t for t in actions + [h for h in held if h["held"] == "nonfinite_output"]}
+    live = {r["action_id"]: r for r in results}
+    for i, line in enumerate(shadow):
+        where = f"shadow line {i + 1} (action {line.get('action_id')})"
+        c.line(line, schema.shadow, where)
+        tick = ticks.get(line.get("action_id"))
+        if tick is None:
+            c.error(f"{where}: no live tick that ran the model")
+            continue
+        c.close_to(line["timestamp"], tick["timestamp"], 1e-9, f"{where}: timestamp vs the live tick's")
+        result = live.get(line["action_id"])
+        if result is not None and line["live_first_action"] != result["actions"][0]:
+            c.error(f"{where}: live_first_action is not the live result's first action")
+        if line["divergence"] is not None:
+            expect = np.abs(np.array(line["first_action"]) - np.array(line["live_first_action"]))
+            if not np.allclose(line["divergence"], expect, rtol=1e-6, atol=1e-6):
+                c.error(f"{where}: divergence is not abs(first_action - live_first_action)")
+        if (line["sensor_rows"], line["robot_rows"]) != (tick["sensor_buffer_size"], tick["robot_buffer_size"]):
+            c.error(f"{where}: window rows differ from the live tick's")
 
 
 def _check_units(c: Checker, schema: SessionSchema, actions, vls, held, results) -> None:

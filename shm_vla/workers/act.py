@@ -319,7 +319,7 @@ def run(rt: Runtime) -> int:
     runner = make_runner(cfg, loaded)
     runner.run()                                   # warm-up (and graph capture on CUDA)
     _log_stage_timing(rt, runner)
-    results = streams.create_results(info.horizon, info.action_dim)
+    results = streams.create_results(info.horizon, info.action_dim, info.robot_window)   # windows: for a shadow
     rings = [attach_when_ready(rt, fn, what) for fn, what in (
         (lambda: streams.attach_vl(info.vl_dim), "the VL feature"),
         (streams.attach_sensor, "the sensor ring"), (streams.attach_robot, "the robot ring"))]

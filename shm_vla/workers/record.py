@@ -12,11 +12,16 @@ the recorder checkpoints its cursors; a recorder restarted within the same run (
 results ring) continues that run's session from the checkpoint, with no record twice.
 Sessions of the instance left unfinished by an earlier run (a crash of the whole run or
 machine) are finalised in the background at start.
+
+With a shadow configured (`shadow.checkpoint`) it also writes the shadow's results
+(shadow_results_<stamp>.jsonl, ShadowTap): the shadow is an optional stage, so its ring is
+attached once it exists (looked for once a second) and never waited for.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,9 @@ from .. import pipeline as P
 from .. import tick
 from ..finite import finite_or_none as _num    # a ring value (NaN: not measured) for the files
 from ..process import Runtime, attach_when_ready, run_process
+from ..shadow_tick import shadow_line
 from ..shm.ring import Ring
+from ..shm.segment import ShmError
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
 from ..protocol.sensor import ascan_columns, force_column
 from .session_files import SessionWriter, recover
@@ -100,6 +107,49 @@ class RingCursor:
             total += res.count
 
 
+class ShadowTap:
+    """The shadow's results ring, read like the others once it exists (the shadow is optional
+    and may start late, restart or fail: the recorder never waits for it)."""
+
+    RETRY_S = 1.0
+
+    def __init__(self, rt: Runtime, writer: SessionWriter, start: int = 0):
+        self.rt, self.writer, self.start = rt, writer, start
+        self.streams = Streams(rt.cfg)
+        self.cursor: RingCursor | None = None
+        self._next_try = 0.0
+        self.written = rt.stats.counter("shadow_written")
+        self.lost = rt.stats.counter("shadow_lost")
+
+    def drain(self) -> int:
+        if self.cursor is None and not self._attach():
+            return 0
+        return self.cursor.drain(self._write)
+
+    def _attach(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + self.RETRY_S
+        try:
+            ring = self.streams.attach_shadow_results()
+        except ShmError:              # not (yet) there, or being replaced: look again later
+            return False
+        self.cursor = RingCursor(ring, 64, self.lost, self.start)
+        self.rt.watch_reads(ring, P.SHADOW_RESULTS)
+        self.rt.log.info("recording the shadow's results from record %d", self.cursor.next_record)
+        return True
+
+    def _write(self, out, meta) -> None:
+        for r in out:
+            self.writer.write_shadow(shadow_line(r))
+        self.written.inc(len(out))
+
+    def position(self) -> int:
+        """The next shadow record to write (the checkpoint's until the ring is attached)."""
+        return self.start if self.cursor is None else self.cursor.next_record
+
+
 class Recorder:
     def __init__(self, rt: Runtime, writer: SessionWriter, results: Ring, vl: Ring | None, data_rings: dict,
                  cursors: dict | None = None):
@@ -114,6 +164,7 @@ class Recorder:
         self.results = RingCursor(results, 64, self.lost, start.get(P.RESULTS, 0), writer.note_lost)
         self.vl = RingCursor(vl, 16, start=start.get(P.VL_FEATURE, 0)) if vl is not None else None
         self.data = data_rings
+        self.shadow = ShadowTap(rt, writer, start.get(P.SHADOW_RESULTS, 0)) if rt.cfg.shadow.checkpoint else None
         self.checkpoint_every = rt.cfg.record.flush_every
         self._since_checkpoint = 0
         self.cursors = {}
@@ -199,6 +250,8 @@ class Recorder:
         n = self.results.drain(self._results)
         if self.vl is not None:
             n += self.vl.drain(self._vl)
+        if self.shadow is not None:
+            n += self.shadow.drain()
         for name, cursor in self.cursors.items():
             if name in P.JPEGS:
                 n += cursor.drain(self._jpeg(P.JPEGS.index(name)))
@@ -214,6 +267,8 @@ class Recorder:
         out = {P.RESULTS: self.results.next_record}
         if self.vl is not None:
             out[P.VL_FEATURE] = self.vl.next_record
+        if self.shadow is not None:
+            out[P.SHADOW_RESULTS] = self.shadow.position()
         out.update((name, cursor.next_record) for name, cursor in self.cursors.items())
         return out
 
@@ -264,7 +319,8 @@ def open_session(rt: Runtime, out_dir: str, save_data: bool, results: Ring) -> t
     # a checkpoint ahead of the ring cannot be of this ring (an inode reused after a wrap)
     plan = plan_session(out_dir, cfg.instance,
                         lambda s: s.run == run_id and int(s.cursors.get(P.RESULTS, 0)) <= results.head)
-    options = dict(save_data=save_data, flush_every=cfg.record.flush_every, views=tuple(cfg.camera.views))
+    options = dict(save_data=save_data, flush_every=cfg.record.flush_every, views=tuple(cfg.camera.views),
+                   shadow=bool(cfg.shadow.checkpoint))
     if plan.resume is not None:
         writer = SessionWriter.resume(plan.resume, **options)
         rt.log.info("continuing this run's session %s from results record %d", writer.path,

@@ -101,6 +101,11 @@ class SessionPaths:
         return self._file("inference_results", ".jsonl")
 
     @property
+    def shadow_results(self) -> Path:
+        """The shadow's results, one line per live tick it ran (docs/SHADOW_AND_REPLAY.md)."""
+        return self._file("shadow_results", ".jsonl")
+
+    @property
     def summary(self) -> Path:
         return self._file("performance_summary", ".json")
 
@@ -510,14 +515,14 @@ class SessionWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, stamp: str | None = None, save_data: bool = False,
                  flush_every: int = 10, views: tuple | list = DEFAULT_VIEWS, state: SessionState | None = None,
-                 group: str = "") -> None:
+                 group: str = "", shadow: bool = False) -> None:
         """state: keep a checkpoint for a recorder (its instance, run and starting cursors);
         group: the session directory's group (0750, setgid; files 0640 by the recorder's umask)."""
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         paths = _create_session_dir(Path(out_dir), stamp)
         _limit_access(paths.root, group)
-        self._open(paths, SessionLock(paths.root), save_data, flush_every, views)
+        self._open(paths, SessionLock(paths.root), save_data, flush_every, views, shadow)
         self._state = state
         if state is not None:
             state.created_wall_ns = time.time_ns()
@@ -525,7 +530,7 @@ class SessionWriter:
 
     @classmethod
     def resume(cls, session_dir: str | os.PathLike, *, save_data: bool = False, flush_every: int = 10,
-               views: tuple | list = DEFAULT_VIEWS) -> "SessionWriter":
+               views: tuple | list = DEFAULT_VIEWS, shadow: bool = False) -> "SessionWriter":
         """Continue a session cut off while recording, from its checkpoint: each streamed
         file is cut back to the size checkpointed with the cursors (session_state.py), and
         the summary is rebuilt from the timings file. SessionBusy if another process holds it."""
@@ -539,7 +544,7 @@ class SessionWriter:
                 raise ValueError(f"{paths.root}: no checkpoint of a session being recorded")
             _cut_to_checkpoint(paths, state)
             writer = cls.__new__(cls)
-            writer._open(paths, lock, save_data, flush_every, views)
+            writer._open(paths, lock, save_data, flush_every, views, shadow)
         except BaseException:
             lock.release()
             raise
@@ -552,7 +557,7 @@ class SessionWriter:
         return writer
 
     def _open(self, paths: SessionPaths, lock: SessionLock, save_data: bool, flush_every: int,
-              views: tuple | list) -> None:
+              views: tuple | list, shadow: bool = False) -> None:
         self.paths = paths
         self._lock = lock
         self._state: SessionState | None = None
@@ -568,6 +573,8 @@ class SessionWriter:
         self._robot: _LineFile | None = None
         self._sensor: _ArrayParts | None = None
         self._vl_features: _ArrayParts | None = None
+        # opened at once, so that every checkpoint names its size (a resume cuts it back)
+        self._shadow = _LineFile(self.paths.shadow_results, flush_every) if shadow else None
         if save_data:
             for view in self.views:
                 (self.paths.root / view).mkdir(exist_ok=True)
@@ -701,6 +708,14 @@ class SessionWriter:
         if not self.paths.config.exists():
             write_json_atomic(self.paths.config, config)
 
+    def write_shadow(self, line: dict) -> None:
+        """One shadow line (shadow_tick.shadow_line), to shadow_results_<stamp>.jsonl."""
+        if self._shadow is None:
+            raise ValueError("write_shadow needs shadow=True")
+        text = json.dumps(to_jsonable(line), allow_nan=False)
+        self._require_open()
+        self._shadow.write_line(text)
+
     def note_lost(self, n: int) -> None:
         """Records the recorder lost (overwritten in the results ring before it read them)."""
         if n < 0:
@@ -713,8 +728,8 @@ class SessionWriter:
             stream.flush()
 
     def _streams(self) -> list:
-        return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor, self._vl_features)
-                if s is not None]
+        return [s for s in (self._timings, self._held, self._results, self._robot, self._sensor, self._vl_features,
+                            self._shadow) if s is not None]
 
     # ---- checkpoint (session_state.py)
     def checkpoint(self, cursors: dict) -> None:
@@ -732,7 +747,8 @@ class SessionWriter:
         state = self._state
         state.phase, state.pid = phase, os.getpid()
         if phase != "closed":            # finalising removes the sensor parts: keep the last sizes
-            files = [s.path for s in (self._timings, self._held, self._results, self._robot) if s is not None]
+            files = [s.path for s in (self._timings, self._held, self._results, self._robot, self._shadow)
+                     if s is not None]
             files += [path for parts in (self._sensor, self._vl_features) if parts is not None for path in parts.paths()]
             state.sizes = {str(path.relative_to(self.paths.root)): path.stat().st_size for path in files}
         state.results_written = self.summary.result_records
@@ -819,7 +835,7 @@ def recover(session_dir: str | os.PathLike) -> dict:
 
 def _recover(paths: SessionPaths) -> dict:
     report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
-    for path in (paths.timings, paths.held, paths.results_jsonl, paths.robot_csv):
+    for path in (paths.timings, paths.held, paths.results_jsonl, paths.robot_csv, paths.shadow_results):
         if trim_partial_line(path):
             report["trimmed"].append(path.name)
     report["results"] = write_results_json(paths.results_jsonl, paths.results_json)

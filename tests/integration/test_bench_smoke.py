@@ -125,17 +125,35 @@ def test_baseline_threaded_summary(tmp_path):
     assert all(list(r) == list(ACTION_FIELDS) for r in actions)
 
 
-def test_faults_drills_report():
+def test_e2e_with_a_shadow_reports_act_with_and_without_it():
+    report = run_bench("e2e", "--only", "shm_vla", "--shadow", "--duration", "1.5", "--warmup", "0.5")
+    assert set(report["runs"]) == {"shm_vla", "shm_vla_shadow"} and report["shadow"] is True
+    for run in report["runs"].values():
+        check_e2e_run(run)
+    assert report["runs"]["shm_vla"]["shadow"] is None and "shadow" in report["runs"]["shm_vla_shadow"]["cpu_pct"]
+    shadow = report["runs"]["shm_vla_shadow"]["shadow"]
+    assert shadow["lines"] > 0 and set(shadow) == {"lines", "ok", "missed", "skipped", "inference_ms", "delay_ms"}
+    effect = report["shadow_effect"]["jitter_p99_ms"]
+    assert set(effect) == {"without", "with", "ratio"} and isinstance(effect["with"], float)
+
+
+@pytest.mark.parametrize("shadow", [False, True], ids=["", "shadow"])
+def test_faults_drills_report(shadow):
     """bench/faults.py runs every drill and reports what docs/FAULTS.md quotes (short settings)."""
     proc = subprocess.run([sys.executable, "-m", "shm_vla.cli", "bench", "faults", "--stop-s", "1",
-                           "--hang-timeout-s", "3", "--json"], cwd=REPO, capture_output=True, text=True, timeout=240)
+                           "--hang-timeout-s", "3", "--json"] + (["--shadow"] if shadow else []),
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["benchmark"] == "faults" and report["command"].startswith("shm-vla bench faults")
     d = report["drills"]
-    assert set(d["kill9"]) == {"ingest-camera", "ingest-robot", "ingest-sensor", "vl", "act", "record"}
+    assert set(d["kill9"]) == {"ingest-camera", "ingest-robot", "ingest-sensor", "vl", "act", "record"} | \
+        ({"shadow"} if shadow else set())
     assert all(isinstance(v["restart_s"], float) for v in d["kill9"].values())
     assert d["sigstop_sensor"]["stale_commanded"] == 0 and d["sigstop_sensor"]["commands_after"] > 0
     assert isinstance(d["hang_act"]["restart_s"], float) and d["hang_act"]["commands_while_hung"] == 0
     assert d["supervisor_sigkill"]["commands_after_death"] == 0
     assert isinstance(d["supervisor_sigkill"]["all_stopped_s"], float)
+    if shadow:
+        assert d["shadow"]["stall"]["skipped"] > 0 and isinstance(d["shadow"]["hang"]["restart_s"], float)
+        assert isinstance(d["kill9"]["shadow"]["max_command_gap_ms"], float)

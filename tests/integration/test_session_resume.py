@@ -34,7 +34,7 @@ RUN = {"boot_id": "test", "results_inode": 1}
 plan = plan_session(out, "inst", lambda s: s.run == RUN)
 for root in plan.finalise:
     recover(root)
-options = dict(save_data=True, flush_every=3, views=("View1",))
+options = dict(save_data=True, flush_every=3, views=("View1",), shadow=True)
 if plan.resume is not None:
     writer = SessionWriter.resume(plan.resume, **options)
 else:
@@ -53,8 +53,10 @@ while i < total:
         if i % 4 == 0:                     # a VL update every 4 ticks (replay's features)
             writer.write_vl_features([i // 4], [i // 4 + 1], np.full((1, 16), float(i), np.float32), np.zeros((1, 5)))
         writer.write_frame("View1", "cam", float(i), b"\\xff\\xd8" + bytes(200))
+        if i % 3:                          # a shadow line for some ticks (its own ring and cursor)
+            writer.write_shadow({"action_id": i})
         i += 1
-    writer.checkpoint({"results": i})
+    writer.checkpoint({"results": i, "shadow_results": i})
     time.sleep(0.001)
 writer.close({"results": i})
 print("done", flush=True)
@@ -89,7 +91,7 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
 
     sessions = find_sessions(tmp_path, "inst")
     assert all(state.phase == "closed" for _, state in sessions)
-    ids, results, robot, sensor, summaries = [], [], [], [], []
+    ids, results, robot, sensor, summaries, shadow = [], [], [], [], [], []
     robot_records, sensor_records, vl_records = [], [], []
     for root, _ in sessions:
         ticks = _lines(next(root.glob("performance_timings_*.jsonl"))) + _lines(next(root.glob("held_ticks_*.jsonl")))
@@ -105,7 +107,9 @@ def test_sigkill_at_any_moment_then_continue_keeps_every_record_once(tmp_path):
             vl_records += data["records"].tolist()
             assert (data["features"][:, 0] == data["records"] * 4).all()     # each row whole, with its number
         summaries.append(json.loads(next(root.glob("performance_summary_*.json")).read_text()))
+        shadow += [line["action_id"] for line in _lines(next(root.glob("shadow_results_*.jsonl")))]
     assert ids == list(range(TOTAL))
+    assert shadow == [i for i in range(TOTAL) if i % 3]
     assert results == [i for i in range(TOTAL) if i % 7]
     assert robot == sensor == list(range(TOTAL))
     assert robot_records == sensor_records == list(range(TOTAL))          # ring record numbers: each once

@@ -100,7 +100,7 @@ def test_once_through_both_launchers(fake_pipeline):
                          "--json"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert js.returncode == 0, js.stderr
     snap = json.loads(js.stdout)
-    assert snap["schema_version"] == 1 and snap["processes_up"] == 2
+    assert snap["schema_version"] == 2 and snap["processes_up"] == 2
     assert snap["processes"]["record"]["state"] == "down"
     assert snap["inputs"]["robot"]["records"] == 3 and snap["streams"]["robot"]["records"] == 3
     assert _segments(fake_pipeline) == before          # nothing created, nothing written

@@ -239,6 +239,39 @@ def test_mps_unit_is_optional_and_shares_the_pipe_directory():
         assert not any(w.startswith("CUDA_VISIBLE_DEVICES") for w in env)  # device: config only
 
 
+def test_shadow_unit_is_pulled_in_always_and_runs_below_act():
+    """The optional stage: Wants= by the instance like every stage, but never real-time, niced,
+    and its exit status 2 (a bad shadow checkpoint) is not restarted."""
+    unit = parse_unit(SYSTEMD / "shm-vla-shadow@.service")
+    service = unit["Service"]
+    assert "CPUSchedulingPolicy" not in service and "LimitRTPRIO" not in service
+    assert int(service["Nice"][0]) >= config.Config().shadow.nice
+    assert "shm-vla-act@%i.service" in words(unit, "Unit", "After")
+    assert "shm-vla-shadow@%i.service" in words(parse_unit(SYSTEMD / "shm-vla-record@.service"), "Unit", "After")
+
+
+def test_an_unconfigured_shadow_reports_ready_and_exits_0_leaving_nothing(instance):
+    """What systemd starts with every instance: without shadow.checkpoint, READY=1, then exit 0
+    (inactive, not failed, not restarted), and no segment in /dev/shm."""
+    from shm_vla.shm import segment as segmod
+    address = f"/tmp/sdn-{uuid.uuid4().hex[:12]}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    try:
+        result = subprocess.run([sys.executable, "-m", "shm_vla.cli", "shadow", "--instance", instance],
+                                env={**os.environ, "NOTIFY_SOCKET": address}, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert sock.recv(4096).decode().startswith("READY=1\nSTATUS=no shadow configured")
+    finally:
+        sock.close()
+        os.unlink(address)
+    assert result.stderr.strip() == ("shm-vla shadow: no shadow configured (shadow.checkpoint is empty): "
+                                     "nothing to run")
+    assert segmod.instance_segments(instance) == []
+
+
 # --------------------------------------------------------------------------- example configs
 @pytest.mark.parametrize("name", ["flow", "regression"])
 def test_example_config_loads(name):

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("action_prediction", "sensor_encoding", "robot_encoding", "total", "vl_encoding")
 STAT_KEYS = {"count", "mean_ms", "std_ms", "min_ms", "p50_ms", "p95_ms", "p99_ms", "max_ms"}
 REPORT_KEYS = {"schema_version", "source", "records", "warnings", "duration_s", "rate_hz", "stages",
-               "outliers", "jitter", "freshness", "holds", "verdict", "recorder"}
+               "outliers", "jitter", "freshness", "holds", "verdict", "recorder", "shadow"}
 
 
 def action_record(i: int, total_ms: float, **overrides) -> dict:

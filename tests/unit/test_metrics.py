@@ -194,3 +194,27 @@ def test_docs_list_every_metric():
     expected = {metrics.PREFIX + name: (kind, ", ".join(l for l in labels if l != "cell") or "-")
                 for name, (kind, _, labels) in metrics.CATALOG.items()}
     assert rows == expected
+
+
+def test_the_shadows_metrics_come_from_its_stats(instance):
+    """A shadow's counters and rolling gauges (one divergence gauge pair per action axis) as metrics;
+    a cell without a shadow has none of them."""
+    shadow = statsmod.Stats.create(instance, "shadow")
+    try:
+        shadow.counter("ticks").inc(40)
+        shadow.counter("skipped").inc(3)
+        shadow.gauge("latency_ms_p99").set(4.0)
+        for axis in range(7):
+            shadow.gauge(f"divergence.{axis}_p50").set(0.01 * axis)
+            shadow.gauge(f"divergence.{axis}_p99").set(0.02 * axis)
+        shadow.set_state("up")
+        families = scrape([instance])
+        assert value(families, "shadow_ticks_total", cell=instance) == 40
+        assert value(families, "shadow_skipped_total", cell=instance) == 3
+        assert value(families, "shadow_latency_seconds", cell=instance, quantile="0.99") == pytest.approx(0.004)
+        assert value(families, "shadow_divergence", cell=instance, axis="6", quantile="0.99") == pytest.approx(0.12)
+        assert len(families["shm_vla_shadow_divergence"].samples) == 14
+    finally:
+        shadow.close()
+    segmod.remove_instance(instance)
+    assert not any(name.startswith("shm_vla_shadow") for name in scrape([instance]))

@@ -60,7 +60,7 @@ def test_docs_shm_table_of_rings_matches_the_declaration():
     assert set(table) == set(P.STREAMS)
     for name, (writer, readers) in table.items():
         assert writer.replace(" ", "-") == P.STREAMS[name].writer, name
-        declared = {s.name for s in P.STAGES.values() if name in s.reads}
+        declared = {s.name for s in P.STAGES.values() if name in s.reads + s.reads_optional}
         declared_save = {s.name for s in P.STAGES.values() if name in s.reads_with_save_data}
         listed = [r.strip() for r in readers.split(",")]
         assert {r.replace(" ", "-") for r in listed if "--save-data" not in r} == declared, name
@@ -71,11 +71,26 @@ def test_streams_stat_and_stop_order_derive_from_it():
     cfg = config.Config()
     specs = Streams(cfg).ring_specs(vl_dim=8, horizon=8, action_dim=7)
     assert [s.stream for s in specs] == list(P.VIEWS + P.JPEGS + (P.ROBOT, P.SENSOR, P.VL_FEATURE, P.RESULTS))
+    specs = Streams(cfg).ring_specs(vl_dim=8, horizon=8, action_dim=7, shadow=(8, 7))      # with a shadow
     assert set(specs_names := {s.stream for s in specs}) == set(P.STREAMS), specs_names
-    assert set(expected_rates(cfg)) == set(P.STREAMS) - set(P.JPEGS)
+    assert set(expected_rates(cfg)) == set(P.STREAMS) - set(P.JPEGS) - {P.SHADOW_RESULTS}     # no shadow
+    assert set(expected_rates(config.load("t", None, ['shadow.checkpoint="/x.pt"']))) == set(P.STREAMS) - set(P.JPEGS)
     assert {process for process, _ in INPUTS.values()} == {P.INGEST_CAMERA, P.INGEST_ROBOT, P.INGEST_SENSOR}
     order = P.stop_order([P.SIM, *P.STAGES])
-    assert order[:3] == [P.ACT, P.RECORD, P.VL] and order[-1] == P.SIM
+    assert order[:4] == [P.ACT, P.SHADOW, P.RECORD, P.VL] and order[-1] == P.SIM
+
+
+def test_the_shadow_is_the_one_optional_stage_and_runs_only_when_configured():
+    """An optional stage is started by neither `shm-vla run` nor (in effect) systemd unless the
+    configuration asks for it; its stream is never one a stage waits for."""
+    assert [s.name for s in P.STAGES.values() if s.enabled is not None] == [P.SHADOW]
+    assert P.SHADOW not in {s.name for s in P.stages(config.Config())}
+    with_shadow = config.load("t", None, ['shadow.checkpoint="/x.pt"'])
+    assert [s.name for s in P.stages(with_shadow)] == list(P.STAGES)
+    for stage in P.STAGES.values():
+        assert P.SHADOW_RESULTS not in stage.reads + stage.reads_with_save_data    # waited for by no one
+    assert P.SHADOW_RESULTS in P.STAGES[P.RECORD].reads_optional
+    assert set(P.STAGES[P.SHADOW].reads) == set(P.STAGES[P.ACT].reads) | {P.RESULTS}   # what act reads, and act's
 
 
 def test_the_tick_table_is_the_session_schema_and_the_ring():

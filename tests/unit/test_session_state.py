@@ -179,3 +179,48 @@ def test_a_session_continued_twice_keeps_its_data_from_before_the_first_restart(
     with np.load(writer.paths.sensor_npz) as sensor:
         assert sensor["timestamps"].tolist() == list(range(8))
     assert np.loadtxt(writer.paths.robot_csv, delimiter=",", skiprows=1)[:, 0].tolist() == list(range(8))
+
+
+def _shadow_line(i: int) -> dict:
+    return {"action_id": i, "status": "ok", "divergence": [0.01 * i]}
+
+
+def test_the_shadow_file_is_cut_back_with_the_others_and_goes_on_without_a_duplicate(tmp_path):
+    """A recorder killed between checkpoints: the shadow lines written after the checkpoint are
+    cut off and read again from the shadow's ring, as every other file's (no line twice)."""
+    writer = _writer(tmp_path, shadow=True)
+    for i in range(12):
+        writer.write_shadow(_shadow_line(i))
+    writer.checkpoint({"results": 0, "shadow_results": 12})
+    assert f"shadow_results_{writer.stamp}.jsonl" in read_state(writer.path).sizes
+    for i in range(12, 17):
+        writer.write_shadow(_shadow_line(i))
+    writer.flush()
+    crash(writer)
+    plan = plan_session(tmp_path, "i", lambda s: s.run == RUN)
+    assert plan.resume == writer.path and plan.cursors["shadow_results"] == 12
+    resumed = SessionWriter.resume(plan.resume, save_data=True, flush_every=2, shadow=True)
+    for i in range(12, 20):
+        resumed.write_shadow(_shadow_line(i))
+    resumed.close({"results": 0, "shadow_results": 20})
+    assert [line["action_id"] for line in read_lines(writer.paths.shadow_results)] == list(range(20))
+
+
+def test_recover_cuts_a_torn_shadow_line(tmp_path):
+    writer = _writer(tmp_path, shadow=True)
+    writer.write_shadow(_shadow_line(0))
+    writer.flush()
+    crash(writer)
+    with open(writer.paths.shadow_results, "a") as f:
+        f.write('{"action_id": 1, "sta')                  # the crash cut this line
+    report = recover(writer.path)
+    assert writer.paths.shadow_results.name in report["trimmed"]
+    assert [line["action_id"] for line in read_lines(writer.paths.shadow_results)] == [0]
+
+
+def test_write_shadow_needs_a_writer_made_for_a_shadow(tmp_path):
+    writer = _writer(tmp_path)
+    with pytest.raises(ValueError, match="shadow=True"):
+        writer.write_shadow(_shadow_line(0))
+    writer.close()
+    assert not writer.paths.shadow_results.exists()

@@ -170,7 +170,7 @@ NUM = (int, float, type(None))
 SCHEMA = {
     "schema_version": int, "instance": str, "prefix": str, "wall_time_ns": int, "processes_total": int,
     "processes_up": int, "processes": dict, "inputs": dict, "streams": dict, "vl": dict, "act": dict,
-    "record": dict, "gpu": (dict, type(None)),
+    "record": dict, "shadow": dict, "gpu": (dict, type(None)),
 }
 PROCESS = {"pid": int, "alive": bool, "state": str, "last_state": str, "heartbeat_age_ms": float,
            "started_wall_ns": int, "values": dict, "cpu_percent": NUM, "rss_bytes": NUM, "restarts": NUM,
@@ -190,7 +190,11 @@ ACT = {"process": str, "state": str, "ticks": NUM, "missed_ticks": NUM, "clamped
        "held": dict, "held_total": NUM, "result_age_ms": NUM, "levels": dict}
 RECORD = {"process": str, "state": str, "records_written": NUM, "vl_updates_written": NUM, "lag_records": NUM,
           "lost": NUM, "frames_written": NUM, "robot_rows_written": NUM, "sensor_records_written": NUM,
-          "data_lost": NUM, "levels": dict}
+          "data_lost": NUM, "shadow_written": NUM, "shadow_lost": NUM, "levels": dict}
+SHADOW = {"process": str, "state": str, "configured": bool, "ticks": NUM, "missed": NUM, "skipped": NUM,
+          "live_held": NUM, "nonfinite_output": NUM, "rate_hz": NUM, "latency_ms_p50": NUM, "latency_ms_p99": NUM,
+          "delay_ms_p50": NUM, "delay_ms_p99": NUM, "divergence_p50": list, "divergence_p99": list,
+          "divergence_max_p99": NUM, "result_age_ms": NUM, "levels": dict}
 LEVELS = {"ok", "warn", "bad", "none"}
 
 
@@ -208,7 +212,7 @@ def test_json_schema(cfg, sensor_writer, capsys):
     assert stat_view.main(["--instance", cfg.instance, "--once", "--json"]) == 0
     snap = json.loads(capsys.readouterr().out)
     check(snap, SCHEMA, "snapshot")
-    assert snap["schema_version"] == stat_model.SCHEMA_VERSION == 1
+    assert snap["schema_version"] == stat_model.SCHEMA_VERSION == 2
     assert set(snap["processes"]) == {"ingest-sensor", "vl"}
     for name, p in snap["processes"].items():
         check(p, PROCESS, name)
@@ -224,6 +228,8 @@ def test_json_schema(cfg, sensor_writer, capsys):
     check(snap["vl"], VL, "vl")
     check(snap["act"], ACT, "act")
     check(snap["record"], RECORD, "record")
+    check(snap["shadow"], SHADOW, "shadow")
+    assert snap["shadow"]["state"] == "absent" and not snap["shadow"]["configured"]     # no shadow here
     assert snap["gpu"] is None                            # model devices are cpu
     stats.close()
 
@@ -231,7 +237,7 @@ def test_json_schema(cfg, sensor_writer, capsys):
 def test_docs_describe_every_json_key():
     doc = (REPO / "docs" / "STAT.md").read_text()
     assert "schema_version" in doc
-    for schema in (SCHEMA, PROCESS, INPUT, STREAM, VL, ACT, RECORD):
+    for schema in (SCHEMA, PROCESS, INPUT, STREAM, VL, ACT, RECORD, SHADOW):
         missing = [k for k in schema if f"`{k}`" not in doc]
         assert not missing, f"docs/STAT.md does not describe {missing}"
 

@@ -223,7 +223,7 @@ class ShadowWorker:
             self.rt.rlog.error("read", "shadow input read failed: %s", exc)
             status = "read_error"
         if not status:
-            status = self._infer(rec, live_first)
+            status = self._infer(rec, live_first, int(live["noise_seed"]))
         rec["status"] = S.STATUSES.index(status)
         rec["skipped"] = self._pending_skipped
         self._pending_skipped = 0
@@ -237,8 +237,10 @@ class ShadowWorker:
             self.rt.rlog.warning("missed", "shadow missed tick %d: %s (the shadow fell behind the rings)",
                                  int(live["action_id"]), status)
 
-    def _infer(self, rec, live_first) -> str:
-        res = self.runner.run()
+    def _infer(self, rec, live_first, live_seed: int) -> str:
+        # a flow head starts from the live tick's noise (its seed; -1: none), so that the
+        # divergence measures the checkpoints, not two draws of noise
+        res = self.runner.run(live_seed if live_seed >= 0 else None)
         rec["actions"] = res.actions
         rec["inference_ms"] = res.total_ms
         self.latency.add(res.total_ms)

@@ -126,6 +126,20 @@ def test_a_regression_shadow_of_acts_checkpoint_gives_acts_actions_from_the_reco
     assert not cell.shadow.step()                                           # each live tick once
 
 
+def test_a_flow_shadow_of_acts_checkpoint_starts_from_the_live_ticks_noise(cell_of, checkpoints):
+    """A flow head draws its initial noise: the shadow uses the live tick's seed, so the
+    divergence measures the checkpoints, never two draws of noise (0 for act's own)."""
+    cell = cell_of(checkpoints["flow"], checkpoints["flow"])
+    for _ in range(3):
+        cell.feed()
+        live = cell.tick()
+        assert HOLD_REASONS[live["held"]] == "" and live["noise_seed"] >= 0
+        assert cell.shadow.step()
+        r = last(cell.out)
+        np.testing.assert_array_equal(r["actions"], live["actions"])          # bit for bit
+        assert not r["divergence"].any()
+
+
 def test_the_front_padding_is_acts_while_the_rings_fill(cell_of, checkpoints):
     cell = cell_of(checkpoints["regression"], checkpoints["regression"])
     cell.feed(n_robot=7)

@@ -24,8 +24,10 @@ $(STAMP): setup.cfg setup.py
 demo: venv
 	$(PY) -m shm_vla.demo --instance $(INSTANCE) --duration $(DEMO_S)
 
+# Two workers (each test file on one worker), then the few tests that must run alone.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m 'not serial' tests
+	$(PY) -m pytest -q -m serial tests
 
 test-fast: venv
 	$(PY) -m pytest -q -m 'not slow' tests

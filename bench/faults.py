@@ -48,7 +48,7 @@ from shm_vla.shm import stats as statsmod  # noqa: E402
 from shm_vla.shm.ring import META_DTYPE  # noqa: E402
 from shm_vla.streams import Streams  # noqa: E402
 
-STAGES = tuple(P.STAGES)
+STAGES = tuple(name for name in P.STAGES if name != P.SHADOW)      # the stages of a run without a shadow
 SENDER_OFFSET_S = 3.7
 START_TIMEOUT_S = 120.0
 STEP_TIMEOUT_S = 60.0
@@ -223,7 +223,7 @@ def run(args) -> dict:
         ckpt = make_checkpoint(tmp / "flow.pt", "tiny", "flow")
         stages, shadow = STAGES, []
         if args.shadow:
-            stages = STAGES + ("shadow",)
+            stages = STAGES + (P.SHADOW,)
             shadow = ["--set", f'shadow.checkpoint="{make_checkpoint(tmp / "shadow.pt", "tiny", "flow", seed=1)}"']
         commands = Commands(tmp / "commands.jsonl")
         with C.Procs(tmp) as procs:

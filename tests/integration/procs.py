@@ -50,10 +50,20 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05):
+    """predicate() until truthy or timeout. A shared-memory error counts as "not yet": a
+    restarted writer re-initialises its segment (its header is invalid for an instant), and
+    a reader that looks just then must look again, not fail the test."""
+    from shm_vla.shm.segment import ShmError
+
+    def attempt():
+        try:
+            return predicate()
+        except ShmError:
+            return None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        value = attempt()
         if value:
             return value
         time.sleep(interval)
-    return predicate()
+    return attempt()

@@ -23,7 +23,9 @@ from shm_vla.sim import camera
 from shm_vla.sim.base import loopback
 from shm_vla.streams import N_VIEWS, Streams
 
-pytestmark = pytest.mark.slow
+# serial: the 2 s convergence is a property of the estimator on an unloaded machine; with
+# another test process on both cores the first low-delay frames come later (2.6 s seen)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 SENDER_OFFSET_S = -4.2          # the sender's clock minus ours
 RUN_S = 6.0
 CONVERGED_S = 2.0               # issue 11: within 2 s of the first frames

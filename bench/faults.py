@@ -210,7 +210,8 @@ def drill_supervisor_sigkill(instance: str, sup_pid: int, commands: Commands, st
             os.kill(pid, signal.SIGKILL)
     time.sleep(1.0)
     return {"stopped_s": gone, "all_stopped_s": max(gone.values()) if len(gone) == len(pids) else None,
-            "commands_after_death": sum(1 for t in commands.refresh() if t > t0)}
+            # a command act had sent before the signal reached it may still arrive just after
+            "commands_after_death_ms": [round((t - t0) / 1e6, 1) for t in commands.refresh() if t > t0]}
 
 
 def run(args) -> dict:
@@ -271,7 +272,8 @@ def render(r: dict) -> str:
                   f"{C.fmt(hg['restart_s'])} s, largest command gap {C.fmt(hg['max_command_gap_ms'], 1)} ms"]
     k = d["supervisor_sigkill"]
     lines += [f"SIGKILL of the supervisor: every stage gone after {C.fmt(k['all_stopped_s'], 3)} s; "
-              f"{k['commands_after_death']} commands after its death"]
+              f"commands received after its death: {len(k['commands_after_death_ms'])} "
+              f"(at {k['commands_after_death_ms']} ms)"]
     return "\n".join(lines)
 
 

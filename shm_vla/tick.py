@@ -30,7 +30,8 @@ HOLD_REASONS = ("", "no_vl_feature", "stale_vl", "stale_sensor", "stale_robot", 
                 "nonfinite_output", "nonfinite_input", "read_error",
                 "unsynced_sensor", "unsynced_robot", "unsynced_camera",       # no clock offset yet (gate.py)
                 "stale_sensor_window", "stale_robot_window", "stale_frames",  # by capture time (gate.py)
-                "tick_error")           # the tick raised: published, then the process exits (act.py)
+                "tick_error",           # the tick raised: published, then the process exits (act.py)
+                "stopping")             # act was asked to stop during the tick: no command after that
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,8 @@ class ActWorker:
             self.rt.rlog.error("read", "input read failed: %s", exc)
         if not reason:
             reason = self._infer(rec)
+        if not reason and not (self.rt.running and self.rt.parent.alive()):
+            reason = "stopping"        # asked to stop during the tick (SIGTERM, supervisor gone): no command
         if not reason and not self.started:
             self.started = self.commander.send(command_proto.encode_start(self.cfg.command.start_joints,
                                                                           self.cfg.command.lock_j6))

@@ -42,7 +42,7 @@ from .session_state import SessionBusy, SessionState, plan_session
 WAIT_S = 0.1
 # The hold reasons act finds after the model ran (act._infer): such a tick's stage times are
 # real; on every other held tick no model ran and its stage times are not recorded.
-MODEL_RAN_HOLDS = frozenset({"nonfinite_output"})
+MODEL_RAN_HOLDS = frozenset({"nonfinite_output", "stopping"})
 # The ring fields of the per-stage times (tick.py: the deployed fields with a measured extra).
 STAGE_TIME_FIELDS = frozenset(f.ring for f in tick.TICK_FIELDS if f.line in tick.MEASURED_FIELDS)
 SESSION_UMASK = 0o027      # session files 0640, directories 0750 (as UMask=0027 in the systemd units)

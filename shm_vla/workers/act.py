@@ -79,6 +79,9 @@ def _window_ages(meta, rows: int, now_ns: int) -> tuple[float, float, float]:
             _capture_age_ms(oldest, now_ns))
 
 
+CLOSE_LINGER_MS = 50                               # half a 10 Hz tick
+
+
 class Commander:
     """The command socket: PUSH, never blocking, never queueing for an absent robot."""
 
@@ -87,7 +90,10 @@ class Commander:
         self.sock = zmq.Context.instance().socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, cfg.command.sndhwm)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)     # no queue to a robot that is not connected
-        self.sock.setsockopt(zmq.LINGER, 0)        # stale commands are never flushed at exit
+        # At exit a command handed to the socket less than half a tick ago is still delivered
+        # (so a result recorded as sent was sent); nothing older waits, since IMMEDIATE and
+        # the small SNDHWM keep the queue short, and a longer wait would delay the stop.
+        self.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         self.sock.connect(cfg.address(cfg.command.connect))
         self.sent = rt.stats.counter("commands_sent")
         self.failed = rt.stats.counter("commands_failed")
@@ -104,7 +110,7 @@ class Commander:
         return True
 
     def close(self) -> None:
-        self.sock.close(0)
+        self.sock.close()
 
 
 class ActWorker:

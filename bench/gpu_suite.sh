@@ -3,7 +3,8 @@
 # 15 minutes of device time in all (the machine's start included) and one command may run 10
 # minutes, so the suite comes in parts ordered by what the issue's targets need first:
 #
-#   bash bench/gpu_suite.sh core    # ~7 min: GPU tests (replay of a CUDA session included); seed-size
+#   bash bench/gpu_suite.sh core    # ~7 min: GPU tests (replay of a CUDA session included); frames from
+#                                   # the view rings to the GPU, staged vs direct (vl.frame_upload); seed-size
 #                                   # tick (one CUDA graph, plain and torch.compile'd) vs the seed-style
 #                                   # tick; what the per-stage times cost (stage_timing events / graphs /
 #                                   # off, ticked in turn, with the split each gives); what seeding each
@@ -115,11 +116,13 @@ print(json.dumps(d))'
 
 if [ "$PART" = core ] || [ "$PART" = smoke ]; then
   step 150 gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_model_gpu.py tests/gpu/test_stage_timing_gpu.py \
-    tests/gpu/test_replay_gpu.py tests/gpu/test_shadow_gpu.py tests/unit/test_model_conformance.py
+    tests/gpu/test_replay_gpu.py tests/gpu/test_shadow_gpu.py tests/gpu/test_frame_upload_gpu.py \
+    tests/unit/test_model_conformance.py
   step 60 ah_graph $AH --presets $PRESET --iters $N --max-seconds $SECS
   step 60 ah_stage_timing $AH --presets $PRESET --iters $N --max-seconds $SECS --stream-priority -1 \
     --compare-stage-timing events,graphs,off
   step 45 ah_noise_seed $AH --presets $PRESET --iters $N --max-seconds $SECS --stream-priority -1 --compare-noise-seed
+  step 40 frame_upload "$PY" bench/frame_upload.py --device $DEV --json --iters $N --max-seconds $SECS
   [ "$PART" = core ] && step 120 ah_graph_compiled $AH --presets $PRESET --iters $N --max-seconds $SECS --compile
   step 180 vl_big $VL --backbone $BIG --modes batched,batched-windows,preprocess-streams,streams,reference --iters $NV --max-seconds $VSECS
   step 90 ah_vl_load $AH $LOAD --stream-priority 0,-1
@@ -139,6 +142,7 @@ if [ "$PART" = extra ]; then
   step 50 ah_graph_reg $AH --presets seed-size --type regression --iters 300 --max-seconds 15
   step 50 ah_eager $AH --presets seed-size --iters 300 --no-graph --max-seconds 15
   step 40 vl_compact $VL --iters 50
+  step 40 frame_upload_encode "$PY" bench/frame_upload.py --device $DEV --json --iters 200 --max-seconds 15 --encode
   step 60 vl_tiny_qwen $VL --backbone tiny-qwen --modes batched,sequential,streams,reference --iters 20
   step 120 vl_big_sequential $VL --backbone $BIG --modes sequential --iters 10 --max-seconds 10
   mps_start

@@ -16,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("action-head", "baseline-threaded", "e2e", "faults", "ingest", "ipc", "vl", "vl-ops")  # bench/*.py
+BENCHMARKS = ("action-head", "baseline-threaded", "e2e", "faults", "frame-upload", "ingest", "ipc", "vl",
+              "vl-ops")  # bench/*.py
 
 COMMANDS = {
     "shm": ("shm_vla.shm.cli", "shared-memory segments: ls, clean"),

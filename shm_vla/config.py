@@ -125,6 +125,7 @@ class VlConfig:
     view_policy: str = "same_trigger"  # "same_trigger", "newest" or "max_skew" (workers/vl.py)
     max_skew_ms: float = 100.0
     reject_over_skew: bool = False
+    frame_upload: str = "staged"       # "staged" (host copy) or "direct" (from the ring slots; workers/frame_upload.py)
 
 
 @dataclass
@@ -227,6 +228,7 @@ _CHOICES = {
     ("model", "stage_timing"): ("events", "graphs", "off"),
     ("shadow", "dtype"): ("", "float32", "bfloat16", "float16"),
     ("vl", "view_policy"): ("newest", "max_skew", "same_trigger"),
+    ("vl", "frame_upload"): ("staged", "direct"),
     ("camera", "channel_order"): ("RGB", "BGR"),
 }
 _POSITIVE = {

@@ -97,6 +97,8 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "vl_unsynced_sets_total": (COUNTER, "View sets skipped: a frame without a capture time on our clock yet.", CELL),
     "vl_stale_sets_total": (COUNTER, "View sets skipped: older than act.max_frame_age_ms by capture time.", CELL),
     "vl_read_errors_total": (COUNTER, "Frame read errors of the VL process.", CELL),
+    "vl_torn_sets_total": (COUNTER, "Features discarded: a frame was overwritten while it was encoded "
+                                    "(vl.frame_upload = direct).", CELL),
     "vl_encode_seconds": (GAUGE, "VL encode time, rolling quantiles over the last 100 encodes.", CELL + ("quantile",)),
     "vl_last_encode_seconds": (GAUGE, "The last VL encode time.", CELL),
     "vl_encode_budget_seconds": (GAUGE, "The VL interval (act.vl_reuse / act.tick_hz): an encode must take less.", CELL),
@@ -153,7 +155,8 @@ _INPUT_MS = {"latency_ms": "input_latency_seconds", "latency_max_ms": "input_lat
              "clock_offset_ms": "input_clock_offset_seconds"}
 _VL_COUNTERS = {"updates": "vl_updates_total", "over_skew_sets": "vl_over_skew_sets_total",
                 "rejected_sets": "vl_rejected_sets_total", "unsynced_sets": "vl_unsynced_sets_total",
-                "stale_sets": "vl_stale_sets_total", "read_errors": "vl_read_errors_total"}
+                "stale_sets": "vl_stale_sets_total", "read_errors": "vl_read_errors_total",
+                "torn_sets": "vl_torn_sets_total"}
 _ACT_VALUES = {"ticks": "act_ticks_total", "missed_ticks": "act_missed_ticks_total",
                "clamped_ticks": "act_clamped_ticks_total", "commands_sent": "act_commands_sent_total",
                "commands_failed": "act_commands_failed_total", "rate_hz": "act_rate_hertz",

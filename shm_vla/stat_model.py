@@ -281,12 +281,12 @@ def _vl(procs: dict, streams: dict, th: Thresholds) -> dict:
     out = {**head, **{k: _num(v, k) for k in ("updates", "encode_ms", "encode_ms_p50", "encode_ms_p99",
                                                "view_skew_ms", "over_skew_sets", "rejected_sets", "read_errors",
                                                "unsynced_sets", "stale_sets", "mixed_trigger_sets",
-                                               "incomplete_trigger_timeouts")},
+                                               "incomplete_trigger_timeouts", "torn_sets")},
            "feature_age_ms": ring["age_ms"], "feature_rate_hz": ring["rate_hz"]}
     out["levels"] = {"encode_ms_p50": th.encode(out["encode_ms_p50"]), "encode_ms_p99": th.encode(out["encode_ms_p99"]),
                      "feature_age_ms": th.age(ring["age_ms"], ring["expected_hz"]),
                      "view_skew_ms": th.skew(out["view_skew_ms"]), "rejected_sets": th.count(out["rejected_sets"]),
-                     "read_errors": th.count(out["read_errors"])}
+                     "read_errors": th.count(out["read_errors"]), "torn_sets": th.count(out["torn_sets"])}
     return out
 
 

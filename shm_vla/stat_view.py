@@ -115,7 +115,7 @@ def pipeline_table(snap: dict) -> Table:
                                             ("p99", "encode_ms_p99", ".1f"), ("feature age ms", "feature_age_ms", ".0f"),
                                             ("skew ms", "view_skew_ms", ".1f"), ("mixed", "mixed_trigger_sets", ""),
                                             ("rejected", "rejected_sets", ""),
-                                            ("read errors", "read_errors", "")]))
+                                            ("read errors", "read_errors", ""), ("torn", "torn_sets", "")]))
     held = _line(act, [("sent", "commands_sent", ""), ("failed", "commands_failed", ""), ("withheld", "held_total", "")])
     held.append(by_kind(act["held"]) if act["held_total"] else "", style=STYLES[lv(act, "held_total")])
     t.add_row("act", act["state"], _line(act, [("ticks", "ticks", ""), ("Hz", "rate_hz", ".2f"),

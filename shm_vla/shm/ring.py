@@ -432,22 +432,25 @@ class Ring:
             self._retry_or_fail(deadline)
 
     # ------------------------------------------------------------------ validated views
-    def peek_latest(self) -> "PeekedRecord | None":
-        """The newest record in place (no copy). Use it, then check `.valid()`.
+    def peek(self, record: int) -> "PeekedRecord | None":
+        """Record `record` in place (no copy), or None if it is not (or no longer) readable.
 
-        For large frames: e.g. a host-to-device copy straight from shared memory,
-        then confirm that the writer did not touch the slot meanwhile.
+        For large frames: e.g. a host-to-device copy straight from shared memory. Use the
+        payload, then check `.valid()`: False means the writer touched the slot meanwhile and
+        whatever was read from it must be discarded.
         """
-        head = self.head
-        if head == 0:
+        if not 0 <= record < self.head or record < self.head - (self.depth - 1):
             return None
-        slot = (head - 1) % self.depth
+        slot = record % self.depth
         seq = int(self.seqs[slot])
         fence()
-        peeked = PeekedRecord(self, slot, seq, head - 1)
-        if seq & 1 or int(self.meta["record"][slot]) != head - 1:
+        if seq & 1 or int(self.meta["record"][slot]) != record:
             return None
-        return peeked
+        return PeekedRecord(self, slot, seq, record)
+
+    def peek_latest(self) -> "PeekedRecord | None":
+        """The newest record in place (see :meth:`peek`)."""
+        return self.peek(self.head - 1)
 
     def health(self) -> str:
         """'ok', 'no writer' (writer gone, data still readable), or 'writer died mid-write'."""

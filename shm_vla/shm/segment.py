@@ -310,6 +310,16 @@ class Segment:
             exc.writer_pid = self.writer_pid if self.writer_alive() else None
         self.close()
 
+    @property
+    def address(self) -> int:
+        """The mapping's first byte in this process (page aligned; e.g. to register it with
+        CUDA as page-locked memory). Valid while the segment is open."""
+        first = np.frombuffer(self.mm, np.uint8, count=1)    # read-only maps too; released below
+        try:
+            return first.ctypes.data
+        finally:
+            del first
+
     def data(self, offset: int = 0, nbytes: int | None = None) -> memoryview:
         start = HEADER_BYTES + offset
         end = len(self.mm) if nbytes is None else start + nbytes

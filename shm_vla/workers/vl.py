@@ -34,6 +34,7 @@ from ..process import Runtime, attach_when_ready, run_process
 from ..shm.ring import CAPTURE_UNKNOWN_NS, META_DTYPE
 from ..shm.segment import ShmError
 from ..streams import N_VIEWS, Streams
+from .frame_upload import make_frame_source
 from .rolling import RollingGauges
 from .viewsets import TriggerSets
 
@@ -41,13 +42,9 @@ WAIT_SLICE_S = 0.05
 
 
 class FrameSet:
-    """Preallocated buffers for one 5-view set and its metadata."""
+    """The metadata of one 5-view set and the records it used (the frames: frame_upload.py)."""
 
-    def __init__(self, frame_shape: tuple, pin: bool = False, meta_dtype=META_DTYPE):
-        self.frames = np.zeros((N_VIEWS,) + frame_shape, np.uint8)
-        if pin:
-            import torch
-            self.frames = torch.from_numpy(self.frames).pin_memory().numpy()
+    def __init__(self, meta_dtype=META_DTYPE):
         self.meta = np.zeros(N_VIEWS, meta_dtype)       # the view rings' (clock_offset_s named)
         self.used_records = np.full(N_VIEWS, -1, np.int64)
 
@@ -58,14 +55,14 @@ class FrameSet:
 
 
 class VlWorker:
-    def __init__(self, rt: Runtime, views, vl_ring, backbone):
+    def __init__(self, rt: Runtime, views, vl_ring, backbone, frames=None):
         self.rt = rt
         self.cfg = rt.cfg
         self.views = views
         self.vl_ring = vl_ring
         self.backbone = backbone
-        self.set = FrameSet(views[0].shape, pin=rt.cfg.model.vl_device.startswith("cuda"),
-                            meta_dtype=views[0].meta_dtype)
+        self.set = FrameSet(meta_dtype=views[0].meta_dtype)
+        self.frames = frames or make_frame_source(rt.cfg.vl.frame_upload, views, rt.cfg.model.vl_device, rt.log)
         self.min_interval_ns = int(rt.cfg.act.vl_reuse / rt.cfg.act.tick_hz * 1e9)
         self.last_start_ns = -self.min_interval_ns
         half_period_ns = int(0.5e9 / rt.cfg.camera.rate_hz)
@@ -82,6 +79,7 @@ class VlWorker:
         self.rejected = s.counter("rejected_sets")
         self.incomplete = s.counter("incomplete_trigger_timeouts")
         self.read_errors = s.counter("read_errors")
+        self.torn_sets = s.counter("torn_sets")
         self.unsynced_sets = s.counter("unsynced_sets")
         self.stale_sets = s.counter("stale_sets")
         self.max_frame_age_ns = int(rt.cfg.act.max_frame_age_ms * 1e6)
@@ -119,9 +117,8 @@ class VlWorker:
         return True
 
     def _read_newest(self) -> bool:
-        fs = self.set
         for i, ring in enumerate(self.views):
-            if ring.latest(fs.frames[i:i + 1], fs.meta[i:i + 1]) < 0:
+            if not self.frames.read(i, ring, ring.head - 1, self.set.meta):
                 return False
         return True
 
@@ -136,9 +133,7 @@ class VlWorker:
                     fs.used_records[j] = ring.head - 1
                 return False
         for i, ring in enumerate(self.views):
-            record = triggers.record(i)
-            got = ring.since(record, fs.frames[i:i + 1], fs.meta[i:i + 1], max_n=1)
-            if got.count != 1 or int(fs.meta["record"][i]) != record:
+            if not self.frames.read(i, ring, triggers.record(i), fs.meta):
                 return False                         # overwritten meanwhile: choose again
         return True
 
@@ -181,8 +176,12 @@ class VlWorker:
     def encode_and_publish(self) -> None:
         fs = self.set
         t0 = time.monotonic_ns()
-        feature = self.backbone.encode(fs.frames)
+        feature = self.backbone.encode(self.frames.frames_for_encode())
         encode_ms = (time.monotonic_ns() - t0) / 1e6
+        if not self.frames.intact():
+            self.torn_sets.inc()
+            self.rt.rlog.warning("torn", "a frame was overwritten while it was encoded: feature discarded")
+            return
         if not np.all(np.isfinite(feature)):
             self.rt.error("nonfinite_feature", "the backbone produced NaN/Inf: not published")
             return
@@ -249,12 +248,13 @@ def run(rt: Runtime) -> int:
         views.append(ring)
         rt.watch_reads(ring, P.VIEWS[i])
     worker = VlWorker(rt, views, vl_ring, backbone)
-    rt.ready(f"vl {cfg.model.backbone} on {cfg.model.vl_device}, dim {vl_dim}")
+    rt.ready(f"vl {cfg.model.backbone} on {cfg.model.vl_device}, dim {vl_dim}, frames {worker.frames.name}")
     try:
         while rt.running:
             rt.housekeeping()
             worker.step()
     finally:
+        worker.frames.close()                       # before the rings it reads are unmapped
         vl_ring.close()
         for ring in views:
             ring.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CORE_STEPS = ["env", "gpu-tests", "ah_graph", "ah_stage_timing", "ah_noise_seed", "vl_big", "ah_vl_load"]
+CORE_STEPS = ["env", "gpu-tests", "ah_graph", "ah_stage_timing", "ah_noise_seed", "frame_upload", "vl_big",
+              "ah_vl_load"]
 
 
 def _suite(tmp_path: Path, part: str, budget: int | None = None, timeout: float = 280) -> list[dict]:
@@ -49,6 +50,8 @@ def test_smoke_part_runs_every_core_step(tmp_path):
     seeded = steps["ah_noise_seed"]["result"]["results"][0]        # what seeding each tick's noise costs
     assert seeded["reproducible"] and seeded["seeded"]["n"] > 0 and seeded["stream"]["n"] > 0
     assert set(seeded["cost_us"]) == {"p50", "mean"}
+    upload = {r["path"]: r for r in steps["frame_upload"]["result"]["results"]}   # CPU: no pageable variant
+    assert set(upload) == {"staged", "direct"} and all(r["n"] > 0 and r["torn"] == 0 for r in upload.values())
     load = steps["ah_vl_load"]["result"]
     assert load["vl_load"] == "tiny-qwen"
     assert [r["stream_priority"] for r in load["results"]] == [0, -1]

@@ -19,8 +19,11 @@ VL_DIM = 32
 FAST_TICK = ["act.tick_hz=100", "act.clamp_mm=0.01", "act.clamp_deg=0.01"]
 
 
-def _worker(instance, overrides=()):
-    cfg = config.load(instance, None, ["act.vl_reuse=1", *FAST_TICK, *overrides])
+UPLOADS = ("staged", "direct")      # vl.frame_upload: both paths run on CPU (workers/frame_upload.py)
+
+
+def _worker(instance, overrides=(), upload="staged"):
+    cfg = config.load(instance, None, ["act.vl_reuse=1", *FAST_TICK, *overrides, f"vl.frame_upload='{upload}'"])
     streams = Streams(cfg)
     writers = [streams.create_view(i) for i in range(N_VIEWS)]
     readers = [streams.attach_view(i) for i in range(N_VIEWS)]
@@ -44,8 +47,10 @@ def _steps(worker, n=5):
         worker.step()
 
 
-def test_encodes_each_new_set_once_with_metadata(instance):
-    worker, writers, vl_ring, rt = _worker(instance)
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_encodes_each_new_set_once_with_metadata(instance, upload):
+    worker, writers, vl_ring, rt = _worker(instance, upload=upload)
+    assert worker.frames.name == upload
     _steps(worker)
     assert vl_ring.head == 0                                 # no frames: nothing encoded
     ts = [100.0, 100.01, 100.02, 100.03, 100.04]
@@ -138,11 +143,12 @@ def _publish(writers, views, counter, trigger_ts, captured_ago_ms=5.0):
 
 def _encoded_counters(worker):
     """The frame counters (pixels) of the set the worker encoded last."""
-    return [content.frame_counter(worker.set.frames[i])[1] for i in range(N_VIEWS)]
+    return [content.frame_counter(np.asarray(worker.frames.frames[i]))[1] for i in range(N_VIEWS)]
 
 
-def test_same_trigger_waits_for_the_rest_of_a_trigger_then_encodes_it_whole(instance):
-    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='same_trigger'"])
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_same_trigger_waits_for_the_rest_of_a_trigger_then_encodes_it_whole(instance, upload):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='same_trigger'"], upload)
     _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
     _publish(writers, (0, 1, 2), 2, 100.2)                     # trigger 2 arriving: views 3, 4 not yet
     worker.step()                                              # (one wait slice: 50 of the 100 ms)
@@ -171,11 +177,66 @@ def test_same_trigger_takes_the_newest_complete_trigger_when_a_view_stays_behind
     rt.close()
 
 
-def test_newest_mixes_triggers_and_it_is_counted(instance):
-    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='newest'", "vl.max_skew_ms=150"])
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_newest_mixes_triggers_and_it_is_counted(instance, upload):
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='newest'", "vl.max_skew_ms=150"], upload)
     _publish(writers, range(N_VIEWS), 1, 100.0, captured_ago_ms=205.0)
     _publish(writers, (0, 1, 2), 2, 100.2)
     _steps(worker, 2)
     assert vl_ring.head == 1 and _encoded_counters(worker) == [2, 2, 2, 1, 1]
     assert worker.mixed.value == 1 and worker.over_skew.value == 1 and worker.rejected.value == 0
+    rt.close()
+
+
+def test_direct_frames_give_the_staged_feature_bit_for_bit(instance):
+    from shm_vla.workers.frame_upload import DirectFrames
+    worker, writers, vl_ring, rt = _worker(instance, upload="staged")
+    _publish_set(writers, 7, [100.0] * 5)
+    _steps(worker)
+    worker.frames = DirectFrames(worker.views, "cpu")      # the same set again, read in place
+    worker.set.used_records[:] = -1
+    _steps(worker)
+    recs = np.zeros(2, vl_ring.dtype)
+    assert vl_ring.window(2, recs) == 2 and (recs["frame_record"][0] == recs["frame_record"][1]).all()
+    assert np.array_equal(recs["feature"][0], recs["feature"][1])
+    worker.frames.close()
+    rt.close()
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_a_frame_overwritten_while_it_is_encoded_never_reaches_a_feature(instance, upload):
+    """The camera laps a chosen frame's slot between the choice and the encode (a VL process
+    stopped that long): the direct path finds the slot changed after use and discards the
+    feature; the staged path had copied it consistently and publishes it."""
+    worker, writers, vl_ring, rt = _worker(instance, ["vl.view_policy='newest'"], upload)
+    _publish_set(writers, 1, [100.0] * 5)
+    assert worker.read_set()
+    for k in range(writers[0].depth):                      # a full lap of view 1's ring
+        writers[0].write(content.frame_image(0, 100 + k), src_ts=101.0 + k, capture_mono_ns=time.monotonic_ns())
+    worker.encode_and_publish()
+    if upload == "direct":
+        assert vl_ring.head == 0 and worker.torn_sets.value == 1
+        assert list(worker.set.used_records) == [-1] * N_VIEWS       # nothing marked used: a new set is read
+        _publish_set(writers, 200, [102.0] * 5)
+        _steps(worker)
+        assert vl_ring.head == 1 and _encoded_counters(worker) == [200] * N_VIEWS
+    else:
+        assert vl_ring.head == 1 and worker.torn_sets.value == 0 and _encoded_counters(worker) == [1] * N_VIEWS
+    rt.close()
+
+
+def test_direct_unavailable_falls_back_to_staged_with_one_line(instance, monkeypatch, caplog):
+    """E.g. a driver that cannot register read-only memory: the worker runs staged and says why."""
+    from shm_vla.workers import frame_upload
+
+    def refuse(*args, **kwargs):
+        raise frame_upload.DirectUnavailable("cudaHostRegister failed with CUDA error 1")
+    monkeypatch.setattr(frame_upload, "DirectFrames", refuse)
+    with caplog.at_level("WARNING"):
+        worker, writers, vl_ring, rt = _worker(instance, upload="direct")
+    assert worker.frames.name == "staged"
+    assert any("unavailable (cudaHostRegister failed" in r.getMessage() for r in caplog.records)
+    _publish_set(writers, 1, [100.0] * 5)
+    _steps(worker)
+    assert vl_ring.head == 1
     rt.close()

@@ -103,6 +103,25 @@ def test_peek_latest_is_validated_in_place(instance):
     ring.close()
 
 
+def test_peek_reads_a_given_record_in_place_and_refuses_one_not_held(instance):
+    ring = Ring.create(instance, "pk", np.uint8, (16,), 4)
+    assert ring.peek(0) is None                      # not written yet
+    _fill(ring, 5)                                   # records 0..4; the ring holds 2..4 (depth - 1)
+    assert ring.peek(1) is None and ring.peek(5) is None and ring.peek(-1) is None
+    peek = ring.peek(2)
+    assert peek.record == 2 and (peek.payload == 2).all() and peek.meta["src_ts"] == 2.0 and peek.valid()
+    assert np.shares_memory(peek.payload, ring.payload)      # in place, not a copy
+    _fill(ring, 1, 5)                                # record 5: another slot, record 2 still valid
+    assert peek.valid()
+    _fill(ring, 1, 6)                                # record 6 overwrites record 2's slot
+    assert not peek.valid()
+    reader = Ring.attach(instance, "pk")             # a read-only reader peeks the same way
+    assert reader.peek(4).valid() and reader.peek(2) is None
+    assert segmod.Segment.address.fget(reader.seg) % os.sysconf("SC_PAGE_SIZE") == 0
+    reader.close()
+    ring.close()
+
+
 def _open_slots(ring) -> int:
     """Slots whose sequence is odd: being written (a reader can never read them)."""
     return int((ring.seqs & 1).sum())

@@ -183,6 +183,7 @@ STREAM = {"present": bool, "writer_alive": bool, "health": (str, type(None)), "r
 VL = {"process": str, "state": str, "updates": NUM, "encode_ms": NUM, "encode_ms_p50": NUM, "encode_ms_p99": NUM,
       "view_skew_ms": NUM, "over_skew_sets": NUM, "rejected_sets": NUM, "read_errors": NUM,
       "unsynced_sets": NUM, "stale_sets": NUM, "mixed_trigger_sets": NUM, "incomplete_trigger_timeouts": NUM,
+      "torn_sets": NUM,
       "feature_age_ms": NUM, "feature_rate_hz": NUM, "levels": dict}
 ACT = {"process": str, "state": str, "ticks": NUM, "missed_ticks": NUM, "clamped_ticks": NUM, "rate_hz": NUM,
        "expected_hz": float, "latency_ms_p50": NUM, "latency_ms_p99": NUM, "lateness_ms_p50": NUM,

@@ -45,10 +45,16 @@ class Backbone:
             self.encode(views)
 
     @staticmethod
-    def check_views(views: np.ndarray) -> np.ndarray:
-        if not isinstance(views, np.ndarray) or views.dtype != np.uint8 or views.ndim != 4 or views.shape[-1] != 3:
-            raise ValueError(f"views must be a uint8 array (N, H, W, 3), got "
-                             f"{getattr(views, 'dtype', type(views))} {getattr(views, 'shape', '')}")
+    def check_views(views):
+        """``views`` as a torch tensor (no copy): a uint8 (N, H, W, 3) numpy array on the host, or
+        a uint8 tensor of that shape on any device (frames uploaded from the rings directly)."""
+        import torch
+        if isinstance(views, np.ndarray) and views.dtype == np.uint8:
+            views = torch.from_numpy(views)
+        if not isinstance(views, torch.Tensor) or views.dtype != torch.uint8 or views.ndim != 4 \
+                or views.shape[-1] != 3:
+            raise ValueError(f"views must be uint8 (N, H, W, 3), got "
+                             f"{getattr(views, 'dtype', type(views))} {tuple(getattr(views, 'shape', ()))}")
         return views
 
 

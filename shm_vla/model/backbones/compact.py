@@ -68,8 +68,8 @@ class CompactBackbone(Backbone):
         self.net = net.to(self.device, dtype).eval().requires_grad_(False)
         self._out = np.zeros(self.vl_dim, np.float32)
 
-    def _pixels(self, views: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(views).to(self.device, non_blocking=True)           # (N, H, W, 3) uint8
+    def _pixels(self, views: torch.Tensor) -> torch.Tensor:
+        x = views.to(self.device, non_blocking=True)                              # (N, H, W, 3) uint8
         x = x.permute(0, 3, 1, 2).to(self.dtype)
         if tuple(x.shape[-2:]) != GRID:
             h, w = x.shape[-2:]

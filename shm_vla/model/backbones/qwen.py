@@ -304,8 +304,8 @@ class QwenBackbone(Backbone):
     def features_per_view(self, views: np.ndarray) -> torch.Tensor:
         views = self.check_views(views)
         st = self._static_for(views.shape[1:3])
-        host = torch.from_numpy(views)
-        if self.device.type == "cuda":
+        host = views
+        if self.device.type == "cuda" and host.device.type == "cpu":
             host = host.pin_memory()
         with torch.inference_mode():
             if self.mode == "batched" or (self.mode == "preprocess-streams" and self._streams is None):

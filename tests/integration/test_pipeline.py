@@ -86,10 +86,12 @@ def _check_session(out: Path, instance: str, cfg, model: str) -> None:
         assert (res["delta"] is not None) == (model == "regression")
 
 
-@pytest.mark.parametrize("model", ["flow", "regression"])
-def test_supervised_pipeline_commands_files_and_sigterm(tmp_path, instance, checkpoints, model):
-    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints[model], model)
-    cfg = config.load(instance, cfg_path)
+# each model once, and each way of getting frames to the VL device once (workers/frame_upload.py)
+@pytest.mark.parametrize("model, frame_upload", [("flow", "staged"), ("regression", "direct")])
+def test_supervised_pipeline_commands_files_and_sigterm(tmp_path, instance, checkpoints, model, frame_upload):
+    upload = f'vl.frame_upload="{frame_upload}"'
+    sup, cfg_path, _, out = _start(tmp_path, instance, checkpoints[model], model, extra=("--set", upload))
+    cfg = config.load(instance, cfg_path, [upload])
     log = out / f"commands_{instance}.jsonl"
     try:
         assert wait_for(lambda: len(_commands(log)) > 0, 60), (tmp_path / "run.log").read_text()[-3000:]
@@ -101,6 +103,7 @@ def test_supervised_pipeline_commands_files_and_sigterm(tmp_path, instance, chec
     expected = (t[-1] - t[0]) * cfg.act.tick_hz + 1
     assert len(cmds) >= 0.95 * expected, (len(cmds), expected)
     assert all(c["valid"] for c in _commands(log))
+    assert f"frames {frame_upload}" in (tmp_path / "run.log").read_text()     # the VL process's ready line
     _check_session(out, instance, cfg, model)
 
 

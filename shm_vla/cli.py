@@ -28,6 +28,7 @@ COMMANDS = {
     "record": ("shm_vla.workers.record", "the recorder process"),
     "shadow": ("shm_vla.workers.shadow", "a shadow checkpoint beside act (shadow.checkpoint), never commanding"),
     "run": ("shm_vla.supervise", "supervise a whole pipeline: run flow|regression"),
+    "check": ("shm_vla.preflight", "check an instance can start (config, checkpoints, ports, /dev/shm room)"),
     "checkpoint": ("shm_vla.model.checkpoint_cli", "checkpoint info | verify"),
     "make-checkpoint": ("shm_vla.model.make_checkpoint", "write a random-init checkpoint"),
     "stat": ("shm_vla.stat_view", "live counters (same as shm-vla-stat)"),

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from . import config as configmod
 from . import lifeline
 from . import pipeline as P
+from . import preflight
+from .preflight import MODEL_TYPES
 from .shm import segment as segmod
 from .shm.segment import EXIT_SHM_FULL, ShmError, ShmFull
 from .shm.stats import Stats
@@ -36,7 +38,6 @@ HANG_CHECK_PERIOD_S = 0.5     # heartbeats are read this often (each read maps a
 HANG_KILL_GRACE_S = 2.0       # after SIGABRT for a hang, SIGKILL if the child still runs
 SHM_FULL_TRIES = 3            # starts of a child that end in EXIT_SHM_FULL before the run stops
 SIM_CHECKPOINT_DIR = ".sim-checkpoints"   # under --out: tiny checkpoints made for --sim without one
-MODEL_TYPES = {"flow": "flow_matching", "regression": "regression"}
 
 
 @dataclass
@@ -296,54 +297,11 @@ def _sim_checkpoint(out: str, model_type: str) -> str:
     return path
 
 
-def _check_checkpoint(cfg, model_type: str):
-    from .model import load_checkpoint
-    loaded = load_checkpoint(cfg.model.checkpoint, cfg.model, sensor_window=cfg.sensor.window,
-                             sensor_channels=cfg.sensor_channels)
-    if loaded.info.model_type != MODEL_TYPES[model_type]:
-        raise configmod.ConfigError(f"model.checkpoint {cfg.model.checkpoint} holds a {loaded.info.model_type} "
-                                    f"model, but 'run {model_type}' was asked for")
-    return loaded.info
-
-
-def _check_shadow(cfg, info) -> tuple | None:
-    """The shadow checkpoint (shadow.checkpoint) loads and fits the live streams, checked like
-    act's before anything starts; returns its (horizon, action_dim), None without a shadow."""
-    if not cfg.shadow.checkpoint:
-        return None
-    from .workers.shadow import check_fits, load_shadow
-    shadow = load_shadow(cfg).info
-    check_fits(shadow, info.vl_dim, info.robot_window, info.action_dim)
-    return shadow.horizon, shadow.action_dim
-
-
-def _check_room(cfg, info, children: list[Child], shadow: tuple | None = None) -> None:
-    """ShmFull unless /dev/shm can hold every ring and stats segment of the instance (sizes
-    from the code that creates them: streams.py, ring.py, stats.py)."""
-    from .streams import Streams
-    stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
-    needed, count = Streams(cfg).footprint(info.vl_dim, info.horizon, info.action_dim, stats_processes, shadow)
-    segmod.check_room(needed, f"instance {cfg.instance!r} ({count} segments)")
-
-
 def _fresh_instance(cfg) -> None:
     """Refuse to start over a live pipeline; remove what a previous run left behind, so
     that no stale record of an old session can reach this one (recorder, act gate)."""
-    for name in segmod.instance_segments(cfg.instance, cfg.shm.prefix):
-        info = segmod.inspect(name)
-        if info.alive:
-            raise ShmError(f"instance {cfg.instance!r} is already running ({name} has live writer pid "
-                           f"{info.writer_pid}); stop it or choose another --instance")
+    preflight.check_not_running(cfg)
     segmod.remove_instance(cfg.instance, cfg.shm.prefix)
-
-
-def _check_before_start(cfg) -> None:
-    """What would stop a child with a configuration error, found before any child starts:
-    an input port another program holds, a group this user cannot give files to."""
-    from .ingest.listen import check_ports_free
-    check_ports_free(cfg)
-    configmod.check_member("shm.group", cfg.shm.group)
-    configmod.check_member("record.group", cfg.record.group)
 
 
 def main(argv: list[str]) -> int:
@@ -364,16 +322,17 @@ def main(argv: list[str]) -> int:
         cfg = configmod.from_args(args)
     from .model import CheckpointError
     try:
-        info = _check_checkpoint(cfg, args.model_type)     # one clear line now, not six crashing children
-        shadow = _check_shadow(cfg, info)
+        info = preflight.check_checkpoint(cfg, args.model_type)   # one clear line now, not six crashing children
+        shadow = preflight.check_shadow(cfg, info)
     except (CheckpointError, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)
         return configmod.EXIT_CONFIG_ERROR
     children = build_children(args, cfg)
     try:
         _fresh_instance(cfg)
-        _check_before_start(cfg)                   # ports free, groups usable
-        _check_room(cfg, info, children, shadow)   # before anything is created or started
+        preflight.check_ports_and_groups(cfg)
+        stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
+        preflight.check_room(cfg, info, stats_processes, shadow)   # before anything is created or started
         stats = Stats.create(cfg.instance, P.SUPERVISOR, prefix=cfg.shm.prefix, group=cfg.shm.group)
     except (ShmFull, configmod.ConfigError) as exc:
         print(f"shm-vla run: {exc}", file=sys.stderr)

@@ -193,6 +193,20 @@ def test_c_run_with_too_small_dev_shm_exits_2_with_one_line(run_args, instance):
     assert _instance_pids(instance) == []
 
 
+@needs_private_shm
+def test_check_under_systemd_finds_too_small_dev_shm_with_status_75(run_args, instance):
+    """What the instance unit runs before any stage: the stages' own status for a full /dev/shm."""
+    at = run_args.index
+    check = run_args[:3] + ["check"] + run_args[at("--instance"):at("--checkpoint")] + \
+        ["--set", f'model.checkpoint="{run_args[at("--checkpoint") + 1]}"']
+    proc = in_private_shm(5 << 10, '"$@"; rc=$?; echo "left: $(ls -A /dev/shm)"; exit $rc', *check, timeout=90)
+    assert proc.returncode == EXIT_SHM_FULL, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.search(r"shm-vla check: /dev/shm has 5\.0 MiB free, instance '\w+' \(\d+ segments\) needs", line), line
+    assert proc.stdout.strip() == "left:"
+
+
 FILLER = """
 import os, sys, time
 # Wait for the supervisor's stats segment (created after its pre-check, just before it

@@ -23,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from procs import free_port
+from procs import free_port, write_config
 from shm_vla import cli, config
 from shm_vla import pipeline as P
 from shm_vla.shm.segment import EXIT_SHM_FULL
@@ -168,11 +168,31 @@ def test_umbrella_pulls_in_every_process_and_cleans_only_when_safe():
     assert unit["Service"]["Type"] == ["oneshot"] and unit["Service"]["RemainAfterExit"] == ["yes"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
     assert unit["Service"]["RemoveIPC"] == ["no"]
-    # The cleanup commands are real CLI commands that remove only stale segments.
-    for key in ("ExecStart", "ExecStopPost"):
-        (command,) = unit["Service"][key]
+    # The cleanup commands are real CLI commands that remove only stale segments; the start
+    # cleans first, then checks (a failed check fails the unit: no '-').
+    clean, check = unit["Service"]["ExecStart"]
+    (stop_clean,) = unit["Service"]["ExecStopPost"]
+    for command in (clean, stop_clean):
         argv = shlex.split(command.lstrip("-"))
         assert argv[0] == "/usr/local/bin/shm-vla" and argv[1:4] == ["shm", "clean", "--instance"]
+    act = parse_unit(SYSTEMD / "shm-vla-act@.service")["Service"]["ExecStart"][0].split()
+    assert check.split() == ["/usr/local/bin/shm-vla", "check", *act[2:]]    # the stages' own config
+
+
+def test_umbrella_check_command_refuses_what_would_fail_the_stages(instance, tmp_path):
+    """Run as the unit runs it (its arguments, a config file of ours): a bad checkpoint is one
+    line and status 2, a good one passes."""
+    from shm_vla.model.make_checkpoint import make_checkpoint
+    command = parse_unit(SYSTEMD / UMBRELLA)["Service"]["ExecStart"][1]
+    cfg_file = tmp_path / "cfg.toml"
+    argv = [a.replace("%i", instance).replace(f"/etc/shm-vla/{instance}.toml", str(cfg_file))
+            for a in shlex.split(command)[1:]]
+    for checkpoint, rc in ((tmp_path / "missing.pt", 2), (make_checkpoint(tmp_path / "f.pt", "tiny", "flow"), 0)):
+        write_config(cfg_file, f'[model]\ncheckpoint = "{checkpoint}"\n')      # fresh loopback ports
+        result = subprocess.run([sys.executable, "-m", "shm_vla.cli", *argv], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == rc, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == (rc != 0)
 
 
 def test_umbrella_cleanup_command_runs(instance):

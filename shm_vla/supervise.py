@@ -37,6 +37,7 @@ HEALTHY_AFTER_S = 30.0        # a child up this long gets its backoff reset
 HANG_CHECK_PERIOD_S = 0.5     # heartbeats are read this often (each read maps a stats segment)
 HANG_KILL_GRACE_S = 2.0       # after SIGABRT for a hang, SIGKILL if the child still runs
 SHM_FULL_TRIES = 3            # starts of a child that end in EXIT_SHM_FULL before the run stops
+START_UP_RESTARTS = 3         # restarts of one child after which --duration counts, all up or not
 SIM_CHECKPOINT_DIR = ".sim-checkpoints"   # under --out: tiny checkpoints made for --sim without one
 
 
@@ -186,8 +187,10 @@ class Supervisor:
         return True
 
     def start_up_over(self, cfg) -> bool:
-        """Every stage is up, or one gave up (so they never all will be): --duration counts."""
-        return any(not c.restart for c in self.children.values()) or self.all_up(cfg)
+        """Every stage is up, or one gave up or is crashing at every start (so they may never
+        all be): --duration counts."""
+        return any(not c.restart or c.restarts >= START_UP_RESTARTS for c in self.children.values()) \
+            or self.all_up(cfg)
 
     def _restart(self, child: Child) -> None:
         child.kill_at = None
@@ -241,7 +244,8 @@ def _kill_group(pgid: int, sig: int) -> None:
 class RunClock:
     """--duration counts from the moment every stage reports up (model loaded, warmed up),
     so `--duration 30` means 30 s of running pipeline; a stage that never comes up does not
-    stretch the run beyond STARTUP_LIMIT_S more, nor at all once a stage gave up."""
+    stretch the run beyond STARTUP_LIMIT_S more, nor at all once a stage gave up or has been
+    restarted START_UP_RESTARTS times (a crash loop)."""
 
     STARTUP_LIMIT_S = 120.0
 

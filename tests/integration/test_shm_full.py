@@ -24,7 +24,7 @@ from shm_vla import config
 from shm_vla.model.make_checkpoint import make_checkpoint
 from shm_vla.shm.segment import EXIT_SHM_FULL
 from shm_vla.shm.stats import Stats
-from shm_vla.supervise import SHM_FULL_TRIES, Child, Supervisor
+from shm_vla.supervise import SHM_FULL_TRIES, START_UP_RESTARTS, Child, Supervisor
 
 MOUNT = "mount -t tmpfs -o size={kb}k tmpfs /dev/shm"
 
@@ -295,6 +295,22 @@ def test_a_stage_that_gave_up_ends_the_start_up_so_duration_counts(instance):
         sup.start_all()
         _watch(sup, lambda: sup.start_up_over(cfg))
         assert sup.start_up_over(cfg)           # it never comes up: --duration counts from now
+    finally:
+        sup.stop_all()
+        stats.close()
+
+
+def test_a_stage_in_a_crash_loop_ends_the_start_up_after_its_third_restart(instance):
+    cfg = config.load(instance, None, ["supervise.restart_backoff_s=0.1", "supervise.restart_backoff_max_s=0.2"])
+    stats = Stats.create(instance, "supervisor")
+    looping = _child("act", 1)                  # exit 1: restarted every time, never up
+    sup = Supervisor(cfg, [looping], stats, log=lambda m: None)
+    try:
+        sup.start_all()
+        _watch(sup, lambda: looping.restarts >= START_UP_RESTARTS - 1)
+        assert not sup.start_up_over(cfg)       # two restarts: still starting up
+        _watch(sup, lambda: sup.start_up_over(cfg))
+        assert looping.restarts == START_UP_RESTARTS and looping.restart   # still restarted, and counted
     finally:
         sup.stop_all()
         stats.close()

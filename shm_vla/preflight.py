@@ -72,6 +72,30 @@ def check_ports_and_groups(cfg) -> None:
     configmod.check_member("record.group", cfg.record.group)
 
 
+def check_instance(cfg, model_type: str | None, stats_processes: int, claim=check_not_running) -> tuple:
+    """Every check, in order; returns (checkpoint info, shadow shape or None). `claim` refuses
+    a running instance (`shm-vla run` also removes a previous run's leftovers there).
+    Raises CheckpointError / ConfigError / ShmError (ShmFull for /dev/shm); see `refusal`."""
+    info = check_checkpoint(cfg, model_type)
+    shadow = check_shadow(cfg, info)
+    claim(cfg)
+    check_ports_and_groups(cfg)
+    check_room(cfg, info, stats_processes, shadow)
+    return info, shadow
+
+
+def refusal(exc: Exception, prog: str, shm_full_status: int = EXIT_SHM_FULL) -> int:
+    """Print a failed check's one line; its exit status: 2 configuration or checkpoint,
+    `shm_full_status` too little /dev/shm, 1 any other shared-memory refusal."""
+    from .model import CheckpointError
+    print(f"{prog}: {exc}", file=sys.stderr)
+    if isinstance(exc, ShmFull):
+        return shm_full_status
+    if isinstance(exc, (CheckpointError, configmod.ConfigError)):
+        return configmod.EXIT_CONFIG_ERROR
+    return 1
+
+
 def main(argv: list[str]) -> int:
     """`shm-vla check --instance NAME [--config F] [--set K=V] [--model flow|regression]`."""
     parser = argparse.ArgumentParser(prog="shm-vla check", description=__doc__.split("\n\n")[0])
@@ -80,23 +104,12 @@ def main(argv: list[str]) -> int:
                         help="also require the checkpoint to hold this model type")
     args = parser.parse_args(argv)
     from .model import CheckpointError
+    cfg = configmod.from_args(args)
+    stages = len(P.stages(cfg))
     try:
-        cfg = configmod.from_args(args)
-        info = check_checkpoint(cfg, args.model)
-        shadow = check_shadow(cfg, info)
-        check_not_running(cfg)
-        check_ports_and_groups(cfg)
-        # the stages' stats segments (no supervisor under systemd)
-        check_room(cfg, info, len(P.stages(cfg)), shadow)
-    except ShmFull as exc:
-        print(f"shm-vla check: {exc}", file=sys.stderr)
-        return EXIT_SHM_FULL
-    except (CheckpointError, configmod.ConfigError) as exc:
-        print(f"shm-vla check: {exc}", file=sys.stderr)
-        return configmod.EXIT_CONFIG_ERROR
-    except ShmError as exc:
-        print(f"shm-vla check: {exc}", file=sys.stderr)
-        return 1
-    print(f"shm-vla check: instance {cfg.instance} ready to start: {info.model_type} checkpoint, "
-          f"{len(P.stages(cfg))} stages" + (", a shadow" if shadow else ""))
+        _, shadow = check_instance(cfg, args.model, stages)    # stats segments: the stages' (no supervisor)
+    except (CheckpointError, configmod.ConfigError, ShmError) as exc:
+        return refusal(exc, "shm-vla check")
+    print(f"shm-vla check: instance {cfg.instance} ready to start: {stages} stages"
+          + (", a shadow among them" if shadow else ""))
     return 0

@@ -29,7 +29,7 @@ from . import pipeline as P
 from . import preflight
 from .preflight import MODEL_TYPES
 from .shm import segment as segmod
-from .shm.segment import EXIT_SHM_FULL, ShmError, ShmFull
+from .shm.segment import EXIT_SHM_FULL, ShmError
 from .shm.stats import Stats
 
 POLL_S = 0.1
@@ -325,25 +325,15 @@ def main(argv: list[str]) -> int:
         args.overrides.append(_checkpoint_override(cfg.shadow.checkpoint, "shadow.checkpoint"))
         cfg = configmod.from_args(args)
     from .model import CheckpointError
-    try:
-        info = preflight.check_checkpoint(cfg, args.model_type)   # one clear line now, not six crashing children
-        shadow = preflight.check_shadow(cfg, info)
-    except (CheckpointError, configmod.ConfigError) as exc:
-        print(f"shm-vla run: {exc}", file=sys.stderr)
-        return configmod.EXIT_CONFIG_ERROR
     children = build_children(args, cfg)
+    stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
     try:
-        _fresh_instance(cfg)
-        preflight.check_ports_and_groups(cfg)
-        stats_processes = len([c for c in children if c.name != P.SIM]) + 1     # + the supervisor's
-        preflight.check_room(cfg, info, stats_processes, shadow)   # before anything is created or started
+        # one clear line now, not six crashing children; nothing is created or started before
+        preflight.check_instance(cfg, args.model_type, stats_processes, claim=_fresh_instance)
         stats = Stats.create(cfg.instance, P.SUPERVISOR, prefix=cfg.shm.prefix, group=cfg.shm.group)
-    except (ShmFull, configmod.ConfigError) as exc:
-        print(f"shm-vla run: {exc}", file=sys.stderr)
-        return configmod.EXIT_CONFIG_ERROR
-    except ShmError as exc:
-        print(f"shm-vla run: {exc}", file=sys.stderr)
-        return 1
+    except (CheckpointError, configmod.ConfigError, ShmError) as exc:
+        # a /dev/shm too small for this configuration is a configuration error to `run` (exit 2)
+        return preflight.refusal(exc, "shm-vla run", shm_full_status=configmod.EXIT_CONFIG_ERROR)
     sup = Supervisor(cfg, children, stats, log=lambda m: print(m, file=sys.stderr, flush=True))
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):

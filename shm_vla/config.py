@@ -159,6 +159,7 @@ class RecordConfig:
     save_data: bool = False
     flush_every: int = 10
     group: str = ""                    # if set, session directories and files belong to this group
+    reserve_mb: float = 256.0          # below this free on out_dir the recorder pauses (workers/disk_room.py)
 
 
 @dataclass
@@ -235,6 +236,7 @@ _POSITIVE = {
     "rate_hz", "tick_hz", "ring_depth", "window", "width", "height", "ascan_len",
     "results_depth", "flow_steps", "flow_horizon", "vl_reuse", "rcvbuf_bytes",
     "clamp_mm", "clamp_deg", "flush_every", "hang_timeout_s", "attach_timeout_s", "decode_workers", "rcvhwm", "sndhwm", "act_threads", "vl_threads",
+    "reserve_mb",
 }
 
 

@@ -129,6 +129,9 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "record_data_lost_total": (COUNTER, "Data records overwritten before the recorder read them (--save-data).", CELL),
     "record_shadow_written_total": (COUNTER, "Shadow results written to the session.", CELL),
     "record_shadow_lost_total": (COUNTER, "Shadow results overwritten before the recorder read them.", CELL),
+    "record_disk_free_bytes": (GAUGE, "Free bytes on the session directory's file system.", CELL),
+    "record_disk_paused": (GAUGE, "1 while recording is paused because free disk is below record.reserve_mb.", CELL),
+    "record_disk_pauses_total": (COUNTER, "Times recording paused for want of disk.", CELL),
     # shadow (optional: shadow.checkpoint)
     "shadow_ticks_total": (COUNTER, "Live ticks the shadow took (ran, or missed an input).", CELL),
     "shadow_missed_total": (COUNTER, "Live ticks whose inputs were overwritten before the shadow read them.", CELL),
@@ -167,7 +170,7 @@ _RECORD_VALUES = {"records_written": "record_results_written_total",
                   "robot_rows_written": "record_robot_rows_written_total",
                   "sensor_records_written": "record_sensor_records_written_total",
                   "data_lost": "record_data_lost_total", "shadow_written": "record_shadow_written_total",
-                  "shadow_lost": "record_shadow_lost_total"}
+                  "shadow_lost": "record_shadow_lost_total", "disk_pauses": "record_disk_pauses_total"}
 _SHADOW_VALUES = {"ticks": "shadow_ticks_total", "missed": "shadow_missed_total", "skipped": "shadow_skipped_total",
                   "live_held": "shadow_live_held_total", "nonfinite_output": "shadow_nonfinite_output_total",
                   "rate_hz": "shadow_rate_hertz"}
@@ -208,9 +211,16 @@ def samples(snap: dict, limits: Limits) -> Iterator[Sample]:
         out += _input_samples(cell, section)
     out += _vl_samples(cell, snap["vl"], limits)
     out += _act_samples(cell, snap["act"])
-    out += [(metric, cell, snap["record"][key]) for key, metric in _RECORD_VALUES.items()]
+    out += _record_samples(cell, snap["record"])
     out += _shadow_samples(cell, snap["shadow"])
     return ((name, labels, value) for name, labels, value in out if value is not None)
+
+
+def _record_samples(cell: dict, rec: dict) -> list:
+    out = [(metric, cell, rec[key]) for key, metric in _RECORD_VALUES.items()]
+    free_mb, paused = rec["disk_free_mb"], rec["disk_paused"]
+    return out + [("record_disk_free_bytes", cell, None if free_mb is None else free_mb * 1e6),
+                  ("record_disk_paused", cell, None if paused is None else int(paused))]
 
 
 def _process_samples(cell: dict, processes: dict) -> list:

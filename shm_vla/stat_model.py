@@ -311,10 +311,14 @@ def _act(cfg: Config, procs: dict, streams: dict, th: Thresholds) -> dict:
 def _record(procs: dict, th: Thresholds) -> dict:
     head, v = _proc_head(procs, P.RECORD)
     names = ("records_written", "vl_updates_written", "lag_records", "lost", "frames_written",
-             "robot_rows_written", "sensor_records_written", "data_lost", "shadow_written", "shadow_lost")
+             "robot_rows_written", "sensor_records_written", "data_lost", "shadow_written", "shadow_lost",
+             "disk_free_mb", "disk_pauses")
     out = {**head, **{k: _num(v, k) for k in names}}
+    paused = _num(v, "disk_paused")
+    out["disk_paused"] = None if paused is None else bool(paused)
     out["levels"] = {"lag_records": th.lag(out["lag_records"]), "lost": th.count(out["lost"]),
-                     "data_lost": th.count(out["data_lost"]), "shadow_lost": th.count(out["shadow_lost"])}
+                     "data_lost": th.count(out["data_lost"]), "shadow_lost": th.count(out["shadow_lost"]),
+                     "disk_paused": "none" if paused is None else "bad" if paused else "ok"}
     return out
 
 

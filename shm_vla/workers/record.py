@@ -36,6 +36,7 @@ from ..shm.ring import Ring
 from ..shm.segment import ShmError
 from ..streams import HOLD_REASONS, N_VIEWS, Streams
 from ..protocol.sensor import ascan_columns, force_column
+from .disk_room import DiskRoom
 from .session_files import SessionWriter, recover
 from .session_state import SessionBusy, SessionState, plan_session
 
@@ -167,6 +168,7 @@ class Recorder:
         self.shadow = ShadowTap(rt, writer, start.get(P.SHADOW_RESULTS, 0)) if rt.cfg.shadow.checkpoint else None
         self.checkpoint_every = rt.cfg.record.flush_every
         self._since_checkpoint = 0
+        self.room = DiskRoom(writer.path, rt.cfg.record.reserve_mb, s, rt.log)
         self.cursors = {}
         if data_rings:
             cfg = rt.cfg
@@ -275,12 +277,34 @@ class Recorder:
     def loop(self) -> None:
         while self.rt.running:
             self.rt.housekeeping()
+            if self.room.low():
+                self._paused()
+                continue
             self.results.ring.wait(self.results.next_record, WAIT_S)
             self._since_checkpoint += self.drain()
             if self._since_checkpoint >= self.checkpoint_every:
-                self.writer.checkpoint(self.positions())   # between drains: files and cursors agree
-                self._since_checkpoint = 0
-        self.drain()                  # what arrived before the stop
+                self._checkpoint()
+        if not self.room.paused:
+            self.drain()              # what arrived before the stop
+            return
+        # stopped while paused: the reserve is for finalising, not for the backlog
+        unwritten = self.results.ring.head - self.results.next_record
+        self.writer.note_lost(unwritten)
+        self.lost.inc(unwritten)
+        self.rt.log.warning("stopped while recording was paused for want of disk: %d results not written "
+                            "(counted as lost)", unwritten)
+
+    def _checkpoint(self) -> None:
+        self.writer.checkpoint(self.positions())   # between drains: files and cursors agree
+        self._since_checkpoint = 0
+
+    def _paused(self) -> None:
+        """Disk nearly full: what is written is made durable once, then nothing more until
+        there is room (disk_room.py)."""
+        if self._since_checkpoint:
+            self._checkpoint()
+        self.lag.set(float(self.results.ring.head - self.results.next_record))
+        time.sleep(WAIT_S)
 
 
 def _attach_data_rings(rt: Runtime, streams: Streams) -> dict | None:
@@ -393,6 +417,8 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     summary = writer.close(recorder.positions())
     rt.log.info("session closed: %s (%d actions, %d results, %d lost)", writer.path, summary["total_actions"],
                 summary["recorder"]["results_written"], summary["recorder"]["lost"])
+    for why in writer.unassembled:
+        rt.log.warning("%s", why)
     return 0
 
 

@@ -1,10 +1,11 @@
 """`shm-vla recover DIR [DIR ...] [--json]`: finalise sessions cut off by a crash.
 
-DIR is a session directory, or a folder of sessions: then each one without a summary.
+DIR is a session directory, or a folder of sessions: then each one not finalised (no summary,
+or data left unassembled for want of disk).
 The recorder finalises its instance's cut-off sessions by itself when it starts; this is
 for the rest (a recorder that is not started again, sessions moved elsewhere). A session
 that a live recorder holds is left alone. Exit 0 when every session was finalised (or
-already was), 1 otherwise.
+already was), 1 otherwise (data that still does not fit on the disk included).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .session_files import SessionPaths, recover
-from .session_state import SESSION_GLOB, SessionBusy
+from .session_state import SESSION_GLOB, SessionBusy, read_state
 
 
 def _sessions(path: Path) -> list[Path]:
@@ -27,11 +28,20 @@ def _sessions(path: Path) -> list[Path]:
     found = [d for d in sorted(path.glob(SESSION_GLOB)) if d.is_dir()]
     if not found:
         raise FileNotFoundError(f"{path}: not a session directory, nor a folder of sessions")
-    return [d for d in found if not any(d.glob("performance_summary_*.json"))]
+    return [d for d in found if not any(d.glob("performance_summary_*.json")) or _closing(d)]
+
+
+def _closing(session: Path) -> bool:
+    """Finalising was cut short (e.g. an .npz that did not fit on the disk)."""
+    state = read_state(session)
+    return state is not None and state.phase != "closed"
 
 
 def _line(report: dict) -> str:
-    if not report["summary_written"] and not report["trimmed"] and not report["removed_tmp"]:
+    if report["not_assembled"]:
+        return f"not finalised {report['session']}: " + "; ".join(report["not_assembled"])
+    if not report["summary_written"] and not report["trimmed"] and not report["removed_tmp"] \
+            and report["sensor_records"] is None and report.get("vl_features") is None:
         return f"{report['session']}: already complete ({report['results']} results)"
     done = [f"{report['results']} results"]
     if report["summary_written"]:
@@ -72,6 +82,7 @@ def main(argv: list[str]) -> int:
                 failed = True
                 continue
             reports.append(report)
+            failed = failed or bool(report["not_assembled"])
             if not args.json:
                 print(_line(report))
     if args.json:

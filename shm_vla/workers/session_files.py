@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from shm_vla.finite import to_jsonable
+from shm_vla.workers.disk_room import free_bytes
 from shm_vla.workers.session_state import STATE_FILE, SessionLock, SessionState, read_state
 from shm_vla.workers.session_stats import (
     ACTION_EXTRA_FIELDS, ACTION_FIELDS, DEPLOYED_TIMING_FIELDS, MEASURED_FIELDS, SPLIT_FIELDS, VL_DEFAULTS,
@@ -63,6 +64,7 @@ VL_ARRAYS = {
 }
 COPY_CHUNK_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
+ASSEMBLY_SLACK_BYTES = 8_000_000      # room kept free beyond an .npz being assembled
 # Session directories are 0750 (02750 with a group: what is made inside inherits it); files
 # are 0640 through the recorder's umask 027 (workers/record.py), as UMask=0027 in the units.
 SESSION_DIR_MODE = 0o750
@@ -358,10 +360,16 @@ class _ArrayParts:
                 f.close()
 
 
+class NoRoomToAssemble(OSError):
+    """An .npz would not fit beside its parts; they stay, for `recover` once there is room."""
+
+
 def assemble_npz(parts: Path, npz: Path) -> int:
     """Write the .npz from the raw parts (chunked copy, bounded memory); returns its row count.
 
-    The parts folder is removed once the .npz is in place.
+    The parts folder is removed once the .npz is in place. NoRoomToAssemble, before anything
+    is written, if the file system cannot hold the .npz beside its parts (the copy needs as
+    much again as the data: never start what would fill the disk).
     """
     manifest_path = parts / _ArrayParts.MANIFEST
     if not manifest_path.exists():
@@ -371,6 +379,11 @@ def assemble_npz(parts: Path, npz: Path) -> int:
         return 0
     manifest = json.loads(manifest_path.read_text())
     rows, row_bytes = _complete_rows(parts, manifest)
+    needed, free = sum(rows * n for n in row_bytes.values()) + ASSEMBLY_SLACK_BYTES, free_bytes(str(npz.parent))
+    if needed > free:
+        raise NoRoomToAssemble(f"{npz.name} needs {needed / 1e6:.0f} MB to be assembled and {free / 1e6:.0f} MB "
+                               f"are free: its data stays in {parts.name}/ until `shm-vla recover` (or the "
+                               "recorder's next start) assembles it")
     tmp = npz.with_name(npz.name + TMP_SUFFIX)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, meta in manifest.items():
@@ -567,6 +580,7 @@ class SessionWriter:
         self.frames_written = 0
         self._summary_dict: dict | None = None
         self.closed = False
+        self.unassembled: list[str] = []      # after close: the .npz files left as parts (no room)
         self._timings = _LineFile(self.paths.timings, flush_every)
         self._held = _LineFile(self.paths.held, flush_every)
         self._results = _LineFile(self.paths.results_jsonl, flush_every)
@@ -775,11 +789,11 @@ class SessionWriter:
                 self._save_state("closing", durable=True)
             write_results_json(self.paths.results_jsonl, self.paths.results_json)
             if self.save_data:
-                for parts, npz in self.paths.assembled():
-                    assemble_npz(parts, npz)
+                _, self.unassembled = _assemble_all(self.paths)
             self._summary_dict = self.summary.to_dict()
             write_json_atomic(self.paths.summary, self._summary_dict)
-            if self._state is not None:
+            if self._state is not None and not self.unassembled:
+                # else it stays "closing": recover() (the recorder's next start) finishes it
                 self._save_state("closed", durable=True)
         finally:
             self._lock.release()
@@ -833,16 +847,29 @@ def recover(session_dir: str | os.PathLike) -> dict:
         lock.release()
 
 
+def _assemble_all(paths: SessionPaths) -> tuple[dict, list[str]]:
+    """Assemble every .npz of the session that has parts: ({npz path: rows}, why each one that
+    did not fit was left)."""
+    rows, left = {}, []
+    for parts, npz in paths.assembled():
+        if parts.exists():
+            try:
+                rows[npz] = assemble_npz(parts, npz)
+            except NoRoomToAssemble as exc:
+                left.append(str(exc))
+    return rows, left
+
+
 def _recover(paths: SessionPaths) -> dict:
     report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
     for path in (paths.timings, paths.held, paths.results_jsonl, paths.robot_csv, paths.shadow_results):
         if trim_partial_line(path):
             report["trimmed"].append(path.name)
     report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
-    report["sensor_records"] = (assemble_npz(paths.sensor_parts, paths.sensor_npz)
-                                if paths.sensor_parts.exists() else None)
-    if paths.vl_parts.exists():
-        report["vl_features"] = assemble_npz(paths.vl_parts, paths.vl_npz)
+    rows, report["not_assembled"] = _assemble_all(paths)
+    report["sensor_records"] = rows.get(paths.sensor_npz)
+    if paths.vl_npz in rows:
+        report["vl_features"] = rows[paths.vl_npz]
     report["removed_tmp"] = _remove_tmp(paths.root)
     state = read_state(paths.root)
     report["summary_written"] = not paths.summary.exists()
@@ -851,7 +878,7 @@ def _recover(paths: SessionPaths) -> dict:
         summary.result_records = report["results"]
         summary.lost_records = state.lost if state is not None else 0
         write_json_atomic(paths.summary, summary.to_dict())
-    if state is not None and state.phase != "closed":
+    if state is not None and state.phase != "closed" and not report["not_assembled"]:
         state.phase = "closed"
         write_json_atomic(paths.root / STATE_FILE, state.to_dict())
     return report

@@ -406,3 +406,33 @@ def test_paths_of_an_existing_session(tmp_path):
     with SessionWriter(tmp_path, stamp=STAMP) as writer:
         pass
     assert SessionPaths.of_dir(writer.path) == writer.paths
+
+
+def test_an_npz_that_does_not_fit_stays_as_parts_until_recover_finds_room(tmp_path, monkeypatch, capsys):
+    """Assembling the sensor .npz copies its data once more: with too little free (the file
+    system's free space is the hardware boundary here) nothing is started, the data stays
+    readable in its parts, the session stays 'closing', and recover finishes it later."""
+    from shm_vla.workers import recover_cli, session_files
+    from shm_vla.workers.session_state import SessionState, read_state
+    rows = 200                                                   # 0.8 MB of alines
+    alines = np.random.default_rng(2).standard_normal((rows, 1025)).astype(np.float32)
+    writer = SessionWriter(tmp_path, stamp=STAMP, save_data=True,
+                           state=SessionState("t", {"boot_id": "b", "results_inode": 1}))
+    writer.write_sensor_records(np.arange(rows, dtype=float), np.zeros(rows), np.zeros(rows), alines)
+    monkeypatch.setattr(session_files, "free_bytes", lambda path: 1_000_000)
+    summary = writer.close({})
+    (why,) = writer.unassembled
+    assert summary is not None and "needs 9 MB to be assembled and 1 MB are free" in why
+    paths = writer.paths
+    assert paths.sensor_parts.is_dir() and not paths.sensor_npz.exists() and paths.summary.exists()
+    assert read_state(paths.root).phase == "closing"
+    np.testing.assert_array_equal(parts_arrays(paths.sensor_parts)["alines"], alines)
+    assert recover_cli.main([str(tmp_path)]) == 1                # still no room: said, not finalised
+    assert "not finalised" in capsys.readouterr().out and read_state(paths.root).phase == "closing"
+    monkeypatch.undo()                                           # room again
+    assert recover_cli.main([str(tmp_path)]) == 0
+    assert f"{rows} sensor records assembled" in capsys.readouterr().out
+    assert read_state(paths.root).phase == "closed" and not paths.sensor_parts.exists()
+    with np.load(paths.sensor_npz) as data:
+        np.testing.assert_array_equal(data["alines"], alines)
+    assert recover_cli.main([str(tmp_path)]) == 0 and capsys.readouterr().out == ""   # nothing left to do

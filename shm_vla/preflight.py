@@ -14,6 +14,7 @@ would make six processes fail one by one fails the instance, with one line, inst
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config as configmod
@@ -112,4 +113,21 @@ def main(argv: list[str]) -> int:
         return refusal(exc, "shm-vla check")
     print(f"shm-vla check: instance {cfg.instance} ready to start: {stages} stages"
           + (", a shadow among them" if shadow else ""))
+    low = disk_below_reserve(cfg)
+    if low:
+        print(f"shm-vla check: warning: {low}", file=sys.stderr)
     return 0
+
+
+def disk_below_reserve(cfg) -> str:
+    """Why recording would pause at once (record.out_dir below record.reserve_mb free), or ''.
+    Not a refusal: the recorder never holds up the control loop (workers/disk_room.py)."""
+    from .workers.disk_room import free_bytes
+    path = os.path.abspath(cfg.record.out_dir)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)             # the folder it will be made in
+    free = free_bytes(path)
+    if free >= cfg.record.reserve_mb * 1e6:
+        return ""
+    return (f"{path} has {free / 1e6:.0f} MB free, below record.reserve_mb ({cfg.record.reserve_mb:g}): "
+            "the recorder will pause until there is room")

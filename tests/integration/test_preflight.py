@@ -60,3 +60,12 @@ def test_a_held_input_port_is_refused(tmp_path, instance, flow_checkpoint):
         holder.bind(("127.0.0.1", ports["sensor"]))
         result = _check(instance, cfg_path)
     assert result.returncode == 2 and str(ports["sensor"]) in _one_line(result)
+
+
+def test_an_out_dir_below_the_disk_reserve_is_a_warning_not_a_refusal(tmp_path, instance, flow_checkpoint):
+    cfg_path, _ = write_config(tmp_path / "cfg.toml", f'[model]\ncheckpoint = "{flow_checkpoint}"\n')
+    out = f'record.out_dir="{tmp_path / "sessions"}"'           # not made yet: its parent is checked
+    result = _check(instance, cfg_path, "--set", out, "--set", "record.reserve_mb=1e12")
+    assert result.returncode == 0 and "ready to start" in result.stdout
+    assert "warning" in _one_line(result) and "the recorder will pause until there is room" in result.stderr
+    assert _check(instance, cfg_path, "--set", out).stderr == ""

@@ -5,10 +5,13 @@ see stat_model). Ctrl+C exits with code 0. `--once` prints one view and exits; `
 prints the snapshot (schema: docs/STAT.md), once with `--once`, else one line per interval.
 `--prometheus HOST:PORT` serves the same snapshots as Prometheus metrics instead, of every
 `--instance` given (repeatable) or of every instance on the host (metrics.py).
+`--rerun TARGET` streams the instance's counters to a Rerun viewer (or an .rrd file) instead
+(rerun_live.py).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
@@ -203,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prometheus", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics until stopped (docs/STAT.md, "
                         "needs pip install shm-vla[metrics])")
+    p.add_argument("--rerun", metavar="URL|OUT.rrd",
+                   help="stream the counters to a Rerun viewer (rerun+http://HOST:9876/proxy) or an .rrd file, "
+                        "every --interval, until stopped (or once with --once; needs pip install shm-vla[rerun])")
     return p
 
 
@@ -242,17 +248,39 @@ def _usage_error(args) -> str | None:
         return "--prometheus serves until stopped: no --once or --json with it"
     if args.prometheus is not None and args.config and len(args.instance or ()) != 1:
         return "--config is one instance's file: give exactly one --instance with it"
+    if args.rerun is not None and (args.prometheus is not None or args.json):
+        return "--rerun streams to Rerun: no --prometheus or --json with it"
     return None
+
+
+# flag -> (module of ours, the packages it imports, their distribution, the extra that has it)
+EXTRAS = {"--rerun": ("rerun_live", ("rerun", "rerun_bindings"), "rerun-sdk", "rerun"),
+          "--prometheus": ("metrics", ("prometheus_client",), "prometheus-client", "metrics")}
+
+
+def _with_extra(flag: str):
+    """Our module behind `flag`, or None after one line naming the extra to install."""
+    module, packages, dist, extra = EXTRAS[flag]
+    try:
+        return importlib.import_module(f"{__package__}.{module}")
+    except ImportError as exc:
+        if exc.name not in packages:
+            raise
+        print(f"shm-vla-stat: {flag} needs {dist}: pip install shm-vla[{extra}]", file=sys.stderr)
+        return None
+
+
+def _rerun(cfg, args) -> int:
+    rerun_live = _with_extra("--rerun")
+    if rerun_live is None:
+        return 2
+    return rerun_live.stream(cfg, args.rerun, args.interval, once=args.once)
 
 
 def _prometheus(args) -> int:
     """Serve /metrics until SIGINT/SIGTERM (KeyboardInterrupt)."""
-    try:
-        from . import metrics
-    except ImportError as exc:
-        if exc.name != "prometheus_client":
-            raise
-        print("shm-vla-stat: --prometheus needs prometheus-client: pip install shm-vla[metrics]", file=sys.stderr)
+    metrics = _with_extra("--prometheus")
+    if metrics is None:
         return 2
     try:
         listen = metrics.parse_listen(args.prometheus)
@@ -297,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = configmod.from_args(args)
     console = Console()
     try:
+        if args.rerun is not None:
+            return _rerun(cfg, args)
         if args.once:
             _once(cfg, args.json, console)
         else:

@@ -26,6 +26,7 @@ import rerun as rr
 from .stat_model import ProcessSampler, build_snapshot
 
 TIMELINE = "wall_time"
+FLUSH_TIMEOUT_S = 5.0
 APP_ID = "shm-vla-live"
 
 
@@ -81,5 +82,5 @@ def stream(cfg, target: str, interval_s: float, once: bool = False) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)       # a second Ctrl+C must not cut the file short
-        rec.flush()
+        rec.flush(timeout_sec=FLUSH_TIMEOUT_S)    # bounded: a viewer that went away must not hold us
         rec.disconnect()

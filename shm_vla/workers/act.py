@@ -87,7 +87,10 @@ class Commander:
 
     def __init__(self, rt: Runtime):
         cfg = rt.cfg
-        self.sock = zmq.Context.instance().socket(zmq.PUSH)
+        # its own context: closing a socket only hands its queue to the context's I/O thread,
+        # and only terminating the context waits out the linger (the process ends with _exit)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, cfg.command.sndhwm)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)     # no queue to a robot that is not connected
         # At exit a command handed to the socket less than half a tick ago is still delivered
@@ -111,6 +114,7 @@ class Commander:
 
     def close(self) -> None:
         self.sock.close()
+        self.ctx.term()          # returns once the queue is delivered, or after CLOSE_LINGER_MS
 
 
 class ActWorker:

@@ -72,6 +72,7 @@ class DirectFrames:
         self.cuda = self.device.type == "cuda"
         self.rings = rings
         self._registered: list[int] = []
+        self.streams = self.slots = self.peeks = None     # (close() may run before they exist)
         if self.cuda:
             try:
                 for ring in rings:
@@ -125,6 +126,13 @@ class DirectFrames:
         """Before the rings are closed: a registered range must be unregistered before unmapping."""
         self.slots, self.peeks = [], []
         if self._registered:
+            # copies still queued (an exception between the upload and the encode's sync) must
+            # not read a range that is no longer registered
+            for stream in self.streams or ():
+                try:
+                    stream.synchronize()
+                except RuntimeError:
+                    pass                                 # a failed device: unregister all the same
             cudart = self.torch.cuda.cudart()
             for address in self._registered:
                 cudart.cudaHostUnregister(address)
@@ -132,8 +140,13 @@ class DirectFrames:
 
     def _register(self, seg) -> None:
         address, size = seg.address, len(seg.mm)
-        err = _in_own_thread(lambda: int(self.torch.cuda.cudart().cudaHostRegister(
-            address, size, CUDA_HOST_REGISTER_PORTABLE | CUDA_HOST_REGISTER_READ_ONLY)))
+        torch = self.torch
+
+        def register() -> int:
+            torch.cuda.set_device(self.device)    # a new thread starts on device 0: no stray context there
+            return int(torch.cuda.cudart().cudaHostRegister(
+                address, size, CUDA_HOST_REGISTER_PORTABLE | CUDA_HOST_REGISTER_READ_ONLY))
+        err = _in_own_thread(register)
         if err != 0:
             raise DirectUnavailable(f"cudaHostRegister of {seg.name} ({size} bytes, read-only) "
                                     f"failed with CUDA error {err}")

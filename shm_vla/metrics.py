@@ -129,6 +129,7 @@ CATALOG: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "record_data_lost_total": (COUNTER, "Data records overwritten before the recorder read them (--save-data).", CELL),
     "record_shadow_written_total": (COUNTER, "Shadow results written to the session.", CELL),
     "record_shadow_lost_total": (COUNTER, "Shadow results overwritten before the recorder read them.", CELL),
+    "record_vl_lost_total": (COUNTER, "VL updates overwritten in their ring before the recorder read them.", CELL),
     "record_disk_free_bytes": (GAUGE, "Free bytes on the session directory's file system.", CELL),
     "record_disk_paused": (GAUGE, "1 while recording is paused because free disk is below record.reserve_mb.", CELL),
     "record_disk_pauses_total": (COUNTER, "Times recording paused for want of disk.", CELL),
@@ -170,7 +171,8 @@ _RECORD_VALUES = {"records_written": "record_results_written_total",
                   "robot_rows_written": "record_robot_rows_written_total",
                   "sensor_records_written": "record_sensor_records_written_total",
                   "data_lost": "record_data_lost_total", "shadow_written": "record_shadow_written_total",
-                  "shadow_lost": "record_shadow_lost_total", "disk_pauses": "record_disk_pauses_total"}
+                  "shadow_lost": "record_shadow_lost_total", "disk_pauses": "record_disk_pauses_total",
+                  "vl_lost": "record_vl_lost_total"}
 _SHADOW_VALUES = {"ticks": "shadow_ticks_total", "missed": "shadow_missed_total", "skipped": "shadow_skipped_total",
                   "live_held": "shadow_live_held_total", "nonfinite_output": "shadow_nonfinite_output_total",
                   "rate_hz": "shadow_rate_hertz"}

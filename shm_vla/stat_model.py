@@ -312,12 +312,13 @@ def _record(procs: dict, th: Thresholds) -> dict:
     head, v = _proc_head(procs, P.RECORD)
     names = ("records_written", "vl_updates_written", "lag_records", "lost", "frames_written",
              "robot_rows_written", "sensor_records_written", "data_lost", "shadow_written", "shadow_lost",
-             "disk_free_mb", "disk_pauses")
+             "disk_free_mb", "disk_pauses", "vl_lost")
     out = {**head, **{k: _num(v, k) for k in names}}
     paused = _num(v, "disk_paused")
     out["disk_paused"] = None if paused is None else bool(paused)
     out["levels"] = {"lag_records": th.lag(out["lag_records"]), "lost": th.count(out["lost"]),
                      "data_lost": th.count(out["data_lost"]), "shadow_lost": th.count(out["shadow_lost"]),
+                     "vl_lost": th.count(out["vl_lost"]),
                      "disk_paused": "none" if paused is None else "bad" if paused else "ok"}
     return out
 

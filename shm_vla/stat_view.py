@@ -131,7 +131,7 @@ def pipeline_table(snap: dict) -> Table:
     t.add_row("record", rec["state"], _line(rec, [("written", "records_written", ""),
                                                   ("vl updates", "vl_updates_written", ""),
                                                   ("lag", "lag_records", ".0f"), ("lost", "lost", ""),
-                                                  ("data lost", "data_lost", ""),
+                                                  ("data lost", "data_lost", ""), ("vl lost", "vl_lost", ""),
                                                   ("disk free MB", "disk_free_mb", ".0f"),
                                                   ("paused for disk", "disk_paused", "")]))
     shadow = snap["shadow"]

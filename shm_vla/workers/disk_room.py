@@ -3,11 +3,12 @@
 The session's file system is checked at most once a second (one statvfs). Below
 `record.reserve_mb` free the recorder pauses: it checkpoints (files flushed, cursors saved),
 then writes nothing and reads nothing, so the rings keep the records it has not written
-(the results ring holds record.results_depth ticks, 60 s at the defaults). The reserve is
-what finalising the session at stop needs (the summary and inference_results.json, written
-whole at the end), so a stop while paused still leaves complete files. At
-`reserve_mb * RESUME_FACTOR` free (someone made room) it resumes where it paused: nothing is
-lost if that was within the rings' span; what was overwritten meanwhile is counted as lost.
+(results 60 s, VL updates about 25 s at the defaults). The reserve is what finalising the
+session at stop needs (the summary and inference_results.json, written whole at the end;
+session_files.py writes such a file only where it fits), so a stop while paused still leaves
+complete files. At `reserve_mb * RESUME_FACTOR` free (someone made room) it resumes where it
+paused: nothing is lost if that was within the shortest ring's span; what was overwritten
+meanwhile is counted as lost.
 
 The control loop never waits for the recorder: act goes on commanding while it is paused.
 """

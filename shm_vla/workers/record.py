@@ -90,17 +90,28 @@ class RingCursor:
         self.lost_counter = lost_counter
         self.on_lost = on_lost
 
+    def _count_lost(self, n: int) -> None:
+        self.lost += n
+        if self.lost_counter is not None:
+            self.lost_counter.inc(n)
+        if self.on_lost is not None:
+            self.on_lost(n)
+
+    def skip_unread(self) -> int:
+        """Give up the records not read yet, counted as lost (a stop with no room to write them)."""
+        n = max(0, self.ring.head - self.next_record)
+        self.next_record += n
+        if n:
+            self._count_lost(n)
+        return n
+
     def drain(self, handle) -> int:
         """Hand every new record batch to handle(out[:n], meta[:n]); returns records handled."""
         total = 0
         while True:
             res = self.ring.since(self.next_record, self.out, self.meta, self.batch)
             if res.lost:
-                self.lost += res.lost
-                if self.lost_counter is not None:
-                    self.lost_counter.inc(res.lost)
-                if self.on_lost is not None:
-                    self.on_lost(res.lost)
+                self._count_lost(res.lost)
             self.next_record = res.next_record
             if res.count == 0:
                 return total
@@ -163,7 +174,8 @@ class Recorder:
         self.lost = s.counter("lost")
         self.lag = s.gauge("lag_records", 0.0)
         self.results = RingCursor(results, 64, self.lost, start.get(P.RESULTS, 0), writer.note_lost)
-        self.vl = RingCursor(vl, 16, start=start.get(P.VL_FEATURE, 0)) if vl is not None else None
+        self.vl_lost = s.counter("vl_lost")
+        self.vl = RingCursor(vl, 16, self.vl_lost, start.get(P.VL_FEATURE, 0)) if vl is not None else None
         self.data = data_rings
         self.shadow = ShadowTap(rt, writer, start.get(P.SHADOW_RESULTS, 0)) if rt.cfg.shadow.checkpoint else None
         self.checkpoint_every = rt.cfg.record.flush_every
@@ -287,12 +299,17 @@ class Recorder:
         if not self.room.paused:
             self.drain()              # what arrived before the stop
             return
-        # stopped while paused: the reserve is for finalising, not for the backlog
-        unwritten = self.results.ring.head - self.results.next_record
-        self.writer.note_lost(unwritten)
-        self.lost.inc(unwritten)
-        self.rt.log.warning("stopped while recording was paused for want of disk: %d results not written "
-                            "(counted as lost)", unwritten)
+        # stopped while paused: the reserve is for finalising, not for the backlog. What is not
+        # written is counted lost and skipped, so a recorder restarted in this run (a new
+        # session: this one is finalised) does not write it after all.
+        unwritten = self.results.skip_unread()
+        others = sum(c.skip_unread() for c in self._other_cursors())
+        self.rt.log.warning("stopped while recording was paused for want of disk: %d results and %d other "
+                            "records not written (counted as lost)", unwritten, others)
+
+    def _other_cursors(self) -> list:
+        shadow = self.shadow.cursor if self.shadow is not None else None
+        return [c for c in (self.vl, shadow, *self.cursors.values()) if c is not None]
 
     def _checkpoint(self) -> None:
         self.writer.checkpoint(self.positions())   # between drains: files and cursors agree
@@ -369,7 +386,7 @@ def session_config(cfg) -> dict:
     return {"config": configmod.to_dict(cfg), "checkpoint_file": ckpt}
 
 
-def finalise_in_background(rt: Runtime, sessions: list) -> threading.Thread | None:
+def finalise_in_background(rt: Runtime, sessions: list, reserve_bytes: int = 0) -> threading.Thread | None:
     """recover() each cut-off session in a thread: a long session takes seconds to finalise,
     which the rings of this run may not hold. A stop before it ends leaves the rest for the
     next start (recover is idempotent)."""
@@ -379,13 +396,17 @@ def finalise_in_background(rt: Runtime, sessions: list) -> threading.Thread | No
     def finalise() -> None:
         for root in sessions:
             try:
-                report = recover(root)
+                report = recover(root, reserve_bytes)      # never into the live session's reserve
             except SessionBusy as exc:
                 rt.log.info("not finalised: %s", exc)
             except (OSError, ValueError) as exc:
                 rt.log.warning("could not finalise the cut-off session %s: %s", root, exc)
             else:
-                rt.log.info("finalised the cut-off session %s (%d results)", Path(root).name, report["results"])
+                if report["unfinished"]:
+                    rt.log.warning("the cut-off session %s is not finalised yet: %s", Path(root).name,
+                                   "; ".join(report["unfinished"]))
+                else:
+                    rt.log.info("finalised the cut-off session %s (%d results)", Path(root).name, report["results"])
 
     thread = threading.Thread(target=finalise, name="finalise", daemon=True)
     thread.start()
@@ -408,7 +429,7 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
         rt.watch_reads(ring, name)
     writer, cursors, cut_off = open_session(rt, out_dir, save_data, results)
     recorder = Recorder(rt, writer, results, vl, data, cursors)
-    finalise_in_background(rt, cut_off)
+    finalise_in_background(rt, cut_off, int(rt.cfg.record.reserve_mb * 1e6))
     rt.ready(f"recording to {writer.path}")
     rt.log.info("session directory %s", writer.path)
     # An exception leaves the session cut off, as a crash would: the restarted recorder
@@ -417,7 +438,7 @@ def run(rt: Runtime, out_dir: str, save_data: bool) -> int:
     summary = writer.close(recorder.positions())
     rt.log.info("session closed: %s (%d actions, %d results, %d lost)", writer.path, summary["total_actions"],
                 summary["recorder"]["results_written"], summary["recorder"]["lost"])
-    for why in writer.unassembled:
+    for why in writer.unfinished:
         rt.log.warning("%s", why)
     return 0
 

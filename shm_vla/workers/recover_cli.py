@@ -1,7 +1,7 @@
 """`shm-vla recover DIR [DIR ...] [--json]`: finalise sessions cut off by a crash.
 
 DIR is a session directory, or a folder of sessions: then each one not finalised (no summary,
-or data left unassembled for want of disk).
+or a file left unwritten for want of disk).
 The recorder finalises its instance's cut-off sessions by itself when it starts; this is
 for the rest (a recorder that is not started again, sessions moved elsewhere). A session
 that a live recorder holds is left alone. Exit 0 when every session was finalised (or
@@ -38,8 +38,8 @@ def _closing(session: Path) -> bool:
 
 
 def _line(report: dict) -> str:
-    if report["not_assembled"]:
-        return f"not finalised {report['session']}: " + "; ".join(report["not_assembled"])
+    if report["unfinished"]:
+        return f"not finalised {report['session']}: " + "; ".join(report["unfinished"])
     if not report["summary_written"] and not report["trimmed"] and not report["removed_tmp"] \
             and report["sensor_records"] is None and report.get("vl_features") is None:
         return f"{report['session']}: already complete ({report['results']} results)"
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
                 failed = True
                 continue
             reports.append(report)
-            failed = failed or bool(report["not_assembled"])
+            failed = failed or bool(report["unfinished"])
             if not args.json:
                 print(_line(report))
     if args.json:

@@ -64,7 +64,7 @@ VL_ARRAYS = {
 }
 COPY_CHUNK_BYTES = 1 << 20
 TMP_SUFFIX = ".tmp"
-ASSEMBLY_SLACK_BYTES = 8_000_000      # room kept free beyond an .npz being assembled
+FINISH_SLACK_BYTES = 8_000_000        # room kept free beyond a file written whole at the end
 # Session directories are 0750 (02750 with a group: what is made inside inherits it); files
 # are 0640 through the recorder's umask 027 (workers/record.py), as UMask=0027 in the units.
 SESSION_DIR_MODE = 0o750
@@ -360,16 +360,26 @@ class _ArrayParts:
                 f.close()
 
 
-class NoRoomToAssemble(OSError):
-    """An .npz would not fit beside its parts; they stay, for `recover` once there is room."""
+class NoRoom(OSError):
+    """A file written whole at the end (the results .json, an .npz) would not fit: it is not
+    started, its source stays, and recover() writes it once there is room."""
 
 
-def assemble_npz(parts: Path, npz: Path) -> int:
+def _check_room(what: str, needed: int, folder: Path, reserve: int) -> None:
+    """NoRoom unless `folder`'s file system holds `needed` bytes more, keeping `reserve` free."""
+    free = free_bytes(str(folder))
+    if needed + FINISH_SLACK_BYTES + reserve > free:
+        keeping = f", keeping {reserve / 1e6:.0f} MB for the live session" if reserve else ""
+        raise NoRoom(f"{what} needs {needed / 1e6:.0f} MB and {free / 1e6:.0f} MB are free{keeping}: not written "
+                     "until `shm-vla recover` (or the recorder's next start) finds room")
+
+
+def assemble_npz(parts: Path, npz: Path, reserve: int = 0) -> int:
     """Write the .npz from the raw parts (chunked copy, bounded memory); returns its row count.
 
-    The parts folder is removed once the .npz is in place. NoRoomToAssemble, before anything
-    is written, if the file system cannot hold the .npz beside its parts (the copy needs as
-    much again as the data: never start what would fill the disk).
+    The parts folder is removed once the .npz is in place. NoRoom, before anything is written,
+    if the file system cannot hold the .npz beside its parts and `reserve` bytes (the copy
+    needs as much again as the data: never start what would fill the disk).
     """
     manifest_path = parts / _ArrayParts.MANIFEST
     if not manifest_path.exists():
@@ -379,11 +389,8 @@ def assemble_npz(parts: Path, npz: Path) -> int:
         return 0
     manifest = json.loads(manifest_path.read_text())
     rows, row_bytes = _complete_rows(parts, manifest)
-    needed, free = sum(rows * n for n in row_bytes.values()) + ASSEMBLY_SLACK_BYTES, free_bytes(str(npz.parent))
-    if needed > free:
-        raise NoRoomToAssemble(f"{npz.name} needs {needed / 1e6:.0f} MB to be assembled and {free / 1e6:.0f} MB "
-                               f"are free: its data stays in {parts.name}/ until `shm-vla recover` (or the "
-                               "recorder's next start) assembles it")
+    _check_room(f"{npz.name} (its data stays in {parts.name}/)", sum(rows * n for n in row_bytes.values()),
+                npz.parent, reserve)
     tmp = npz.with_name(npz.name + TMP_SUFFIX)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, meta in manifest.items():
@@ -580,7 +587,7 @@ class SessionWriter:
         self.frames_written = 0
         self._summary_dict: dict | None = None
         self.closed = False
-        self.unassembled: list[str] = []      # after close: the .npz files left as parts (no room)
+        self.unfinished: list[str] = []       # after close: why a file written whole at the end was not
         self._timings = _LineFile(self.paths.timings, flush_every)
         self._held = _LineFile(self.paths.held, flush_every)
         self._results = _LineFile(self.paths.results_jsonl, flush_every)
@@ -787,12 +794,10 @@ class SessionWriter:
                 if cursors is not None:
                     self._state.cursors = {name: int(n) for name, n in cursors.items()}
                 self._save_state("closing", durable=True)
-            write_results_json(self.paths.results_jsonl, self.paths.results_json)
-            if self.save_data:
-                _, self.unassembled = _assemble_all(self.paths)
+            _, _, self.unfinished = _finish(self.paths)     # the reserve is for this
             self._summary_dict = self.summary.to_dict()
             write_json_atomic(self.paths.summary, self._summary_dict)
-            if self._state is not None and not self.unassembled:
+            if self._state is not None and not self.unfinished:
                 # else it stays "closing": recover() (the recorder's next start) finishes it
                 self._save_state("closed", durable=True)
         finally:
@@ -830,43 +835,56 @@ def _remove_tmp(root: Path) -> int:
     return removed
 
 
-def recover(session_dir: str | os.PathLike) -> dict:
+def recover(session_dir: str | os.PathLike, reserve_bytes: int = 0) -> dict:
     """Finalise a session left by a crash (idempotent); returns what was done.
 
     Cuts lines torn by the crash, writes inference_results .json from its .jsonl,
     assembles sensor_data .npz from its parts, removes frames left half-written (.tmp),
     and writes performance_summary .json from the timings when it is missing (the
     lost-record count is then the recorder's last checkpoint's, or 0 without one).
-    Raises SessionBusy while another process (a live recorder) holds the session.
+    The files written whole are written only where they fit keeping `reserve_bytes` free
+    (a live recorder's reserve); the others are named in "unfinished" and the session stays
+    `closing`. Raises SessionBusy while another process (a live recorder) holds the session.
     """
     paths = SessionPaths.of_dir(session_dir)
     lock = SessionLock(paths.root)
     try:
-        return _recover(paths)
+        return _recover(paths, reserve_bytes)
     finally:
         lock.release()
 
 
-def _assemble_all(paths: SessionPaths) -> tuple[dict, list[str]]:
-    """Assemble every .npz of the session that has parts: ({npz path: rows}, why each one that
-    did not fit was left)."""
-    rows, left = {}, []
+def _count_results(jsonl: Path) -> int:
+    return sum(isinstance(obj, dict) for _, _, obj in iter_json_lines(jsonl)) if jsonl.exists() else 0
+
+
+def _finish(paths: SessionPaths, reserve: int = 0) -> tuple[int | None, dict, list[str]]:
+    """The files written whole at the end, each only where it fits (keeping `reserve` free):
+    the results .json from its .jsonl, each .npz from its parts. Returns (results written, or
+    None where there was no room; {npz: rows}; why each file not written was not)."""
+    results, rows, left = None, {}, []
+    try:
+        jsonl = paths.results_jsonl
+        _check_room(paths.results_json.name, jsonl.stat().st_size if jsonl.exists() else 0, paths.root, reserve)
+        results = write_results_json(jsonl, paths.results_json)
+    except NoRoom as exc:
+        left.append(str(exc))
     for parts, npz in paths.assembled():
         if parts.exists():
             try:
-                rows[npz] = assemble_npz(parts, npz)
-            except NoRoomToAssemble as exc:
+                rows[npz] = assemble_npz(parts, npz, reserve)
+            except NoRoom as exc:
                 left.append(str(exc))
-    return rows, left
+    return results, rows, left
 
 
-def _recover(paths: SessionPaths) -> dict:
+def _recover(paths: SessionPaths, reserve: int) -> dict:
     report: dict[str, Any] = {"session": str(paths.root), "trimmed": []}
     for path in (paths.timings, paths.held, paths.results_jsonl, paths.robot_csv, paths.shadow_results):
         if trim_partial_line(path):
             report["trimmed"].append(path.name)
-    report["results"] = write_results_json(paths.results_jsonl, paths.results_json)
-    rows, report["not_assembled"] = _assemble_all(paths)
+    results, rows, report["unfinished"] = _finish(paths, reserve)
+    report["results"] = results if results is not None else _count_results(paths.results_jsonl)
     report["sensor_records"] = rows.get(paths.sensor_npz)
     if paths.vl_npz in rows:
         report["vl_features"] = rows[paths.vl_npz]
@@ -878,7 +896,7 @@ def _recover(paths: SessionPaths) -> dict:
         summary.result_records = report["results"]
         summary.lost_records = state.lost if state is not None else 0
         write_json_atomic(paths.summary, summary.to_dict())
-    if state is not None and state.phase != "closed" and not report["not_assembled"]:
+    if state is not None and state.phase != "closed" and not report["unfinished"]:
         state.phase = "closed"
         write_json_atomic(paths.root / STATE_FILE, state.to_dict())
     return report

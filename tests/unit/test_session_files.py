@@ -408,10 +408,11 @@ def test_paths_of_an_existing_session(tmp_path):
     assert SessionPaths.of_dir(writer.path) == writer.paths
 
 
-def test_an_npz_that_does_not_fit_stays_as_parts_until_recover_finds_room(tmp_path, monkeypatch, capsys):
-    """Assembling the sensor .npz copies its data once more: with too little free (the file
-    system's free space is the hardware boundary here) nothing is started, the data stays
-    readable in its parts, the session stays 'closing', and recover finishes it later."""
+def test_files_that_do_not_fit_are_not_started_and_recover_finishes_them(tmp_path, monkeypatch, capsys):
+    """The results .json and the sensor .npz are written whole at the end (a copy of their
+    data): with too little free (the file system's free space is the hardware boundary here)
+    neither is started, the data stays readable (.jsonl, parts), the session stays 'closing',
+    and recover finishes it once there is room."""
     from shm_vla.workers import recover_cli, session_files
     from shm_vla.workers.session_state import SessionState, read_state
     rows = 200                                                   # 0.8 MB of alines
@@ -421,8 +422,10 @@ def test_an_npz_that_does_not_fit_stays_as_parts_until_recover_finds_room(tmp_pa
     writer.write_sensor_records(np.arange(rows, dtype=float), np.zeros(rows), np.zeros(rows), alines)
     monkeypatch.setattr(session_files, "free_bytes", lambda path: 1_000_000)
     summary = writer.close({})
-    (why,) = writer.unassembled
-    assert summary is not None and "needs 9 MB to be assembled and 1 MB are free" in why
+    results_json, npz = writer.unfinished
+    assert summary is not None and results_json.startswith(f"inference_results_{STAMP}.json needs 0 MB and 1 MB")
+    assert npz.startswith(f"sensor_data_{STAMP}.npz (its data stays in sensor_data_{STAMP}.parts/) needs 1 MB")
+    assert not writer.paths.results_json.exists()
     paths = writer.paths
     assert paths.sensor_parts.is_dir() and not paths.sensor_npz.exists() and paths.summary.exists()
     assert read_state(paths.root).phase == "closing"
@@ -436,3 +439,16 @@ def test_an_npz_that_does_not_fit_stays_as_parts_until_recover_finds_room(tmp_pa
     with np.load(paths.sensor_npz) as data:
         np.testing.assert_array_equal(data["alines"], alines)
     assert recover_cli.main([str(tmp_path)]) == 0 and capsys.readouterr().out == ""   # nothing left to do
+
+
+def test_recover_keeps_a_live_recorders_reserve(tmp_path, monkeypatch):
+    """Finalising an old session beside a live one never eats into the live one's reserve."""
+    from shm_vla.workers import session_files
+    writer = SessionWriter(tmp_path, stamp=STAMP, flush_every=1)
+    writer.write_result(result_record(0))
+    crash(writer)
+    monkeypatch.setattr(session_files, "free_bytes", lambda path: 100_000_000)
+    report = recover(writer.paths.root, reserve_bytes=95_000_000)
+    (why,) = report["unfinished"]
+    assert "keeping 95 MB for the live session" in why and report["results"] == 1
+    assert recover(writer.paths.root)["unfinished"] == [] and writer.paths.results_json.exists()

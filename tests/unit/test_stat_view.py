@@ -191,7 +191,7 @@ ACT = {"process": str, "state": str, "ticks": NUM, "missed_ticks": NUM, "clamped
        "held": dict, "held_total": NUM, "result_age_ms": NUM, "levels": dict}
 RECORD = {"process": str, "state": str, "records_written": NUM, "vl_updates_written": NUM, "lag_records": NUM,
           "lost": NUM, "frames_written": NUM, "robot_rows_written": NUM, "sensor_records_written": NUM,
-          "data_lost": NUM, "shadow_written": NUM, "shadow_lost": NUM, "disk_free_mb": NUM, "disk_pauses": NUM,
+          "data_lost": NUM, "shadow_written": NUM, "shadow_lost": NUM, "disk_free_mb": NUM, "disk_pauses": NUM, "vl_lost": NUM,
           "disk_paused": (bool, type(None)), "levels": dict}
 SHADOW = {"process": str, "state": str, "configured": bool, "ticks": NUM, "missed": NUM, "skipped": NUM,
           "live_held": NUM, "nonfinite_output": NUM, "rate_hz": NUM, "latency_ms_p50": NUM, "latency_ms_p99": NUM,

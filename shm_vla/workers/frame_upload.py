@@ -146,24 +146,42 @@ class DirectFrames:
             torch.cuda.set_device(self.device)    # a new thread starts on device 0: no stray context there
             return int(torch.cuda.cudart().cudaHostRegister(
                 address, size, CUDA_HOST_REGISTER_PORTABLE | CUDA_HOST_REGISTER_READ_ONLY))
-        err = _in_own_thread(register)
+        err = _in_own_thread(register, lambda: torch.cuda.cudart().cudaHostUnregister(address))
         if err != 0:
             raise DirectUnavailable(f"cudaHostRegister of {seg.name} ({size} bytes, read-only) "
                                     f"failed with CUDA error {err}")
         self._registered.append(address)
 
 
-def _in_own_thread(call):
-    """call() on a short-lived thread: a failed CUDA runtime call leaves the thread's 'last
-    error' set, which torch's next kernel-launch check on that thread would report as its own."""
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(call()), name="cuda-host-register", daemon=True)
+def _in_own_thread(call, undo):
+    """call() (0: success) on a short-lived thread: a failed CUDA runtime call leaves the
+    thread's 'last error' set, which torch's next kernel-launch check on that thread would
+    report as its own. Given up after REGISTER_TIMEOUT_S; a success after that is undone by
+    the thread itself (undo()), so nothing stays registered that nobody would unregister."""
+    lock = threading.Lock()
+    state = {"result": None, "abandoned": False, "error": ""}
+
+    def run() -> None:
+        try:
+            result = call()
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as the reason
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            return
+        with lock:
+            state["result"] = result
+            late = state["abandoned"]
+        if late and result == 0:
+            undo()
+
+    thread = threading.Thread(target=run, name="cuda-host-register", daemon=True)
     thread.start()
     thread.join(REGISTER_TIMEOUT_S)
-    if not result:
-        raise DirectUnavailable(f"cudaHostRegister did not return within {REGISTER_TIMEOUT_S:.0f} s"
-                                if thread.is_alive() else "cudaHostRegister raised")
-    return result[0]
+    with lock:
+        if state["result"] is None:
+            state["abandoned"] = True
+            raise DirectUnavailable(f"cudaHostRegister did not return within {REGISTER_TIMEOUT_S:.0f} s"
+                                    if thread.is_alive() else f"cudaHostRegister raised {state['error']}")
+        return state["result"]
 
 
 def make_frame_source(mode: str, rings: list, device: str, log):

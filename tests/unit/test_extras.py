@@ -32,3 +32,18 @@ def test_package_imports_and_runs_without_the_extras():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "--prometheus" in result.stdout
+
+
+@pytest.mark.parametrize("missing, argv, line", [
+    ("prometheus_client", ["--prometheus", "127.0.0.1:0"],
+     "shm-vla-stat: --prometheus needs prometheus-client: pip install shm-vla[metrics]"),
+    ("rerun", ["--rerun", "x.rrd", "--once"], "shm-vla-stat: --rerun needs rerun-sdk: pip install shm-vla[rerun]"),
+])
+def test_a_flag_without_its_extra_is_one_line_and_exit_2(missing, argv, line):
+    """stat's flags that need an extra say which one to install (run with or without it installed)."""
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
+            "from shm_vla import stat_view\n"
+            f"sys.exit(stat_view.main({argv!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == line

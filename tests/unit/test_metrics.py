@@ -173,17 +173,6 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_without_the_extra_one_line_and_exit_2():
-    """The package runs without prometheus-client; --prometheus says how to get it."""
-    code = ("import sys; sys.modules['prometheus_client'] = None\n"
-            "from shm_vla import stat_view\n"
-            "sys.exit(stat_view.main(['--prometheus', '127.0.0.1:0']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("shm-vla-stat: --prometheus needs prometheus-client: "
-                                     "pip install shm-vla[metrics]")
-
-
 def test_docs_list_every_metric():
     """docs/STAT.md's table: one row per metric of the catalogue, with its type and labels."""
     rows = {}

@@ -35,7 +35,11 @@ def test_smoke_part_runs_every_core_step(tmp_path):
     for name, s in steps.items():
         assert s["rc"] == 0, f"{name}: {s['result']}\n{log[-3000:]}"
     assert steps["env"]["result"]["torch"].startswith("2.")
-    assert "passed" in steps["gpu-tests"]["result"]["tail"][-1]
+    # on CPU the GPU tests skip; the conformance tests pass where ../shared/fixtures exists
+    # (CI), and skip with their reason in a checkout without it
+    gpu_tests = steps["gpu-tests"]["result"]["tail"][-1]
+    fixtures = Path(os.environ.get("SHM_VLA_FIXTURES", REPO.parent / "shared" / "fixtures"))
+    assert "passed" in gpu_tests if fixtures.is_dir() else "skipped" in gpu_tests, gpu_tests
     vl = steps["vl_big"]["result"]["results"]
     assert [r["mode"] for r in vl] == ["batched", "batched-windows", "preprocess-streams", "streams", "reference"]
     assert all("error" not in r and r["p50_ms"] > 0 for r in vl), vl
